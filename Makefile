@@ -1,0 +1,46 @@
+# perf-aggregator: every target installs what it needs first (`make test` alone works
+# on a fresh machine with Python 3.11+).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+STATE_DIR ?= .run
+PACKAGES := shared parent enclave
+
+.PHONY: install test lint format bench demo run migrate clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project with dev extras
+
+test: $(STAMP) ## the whole suite (unit, property, integration, e2e)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP) ## ruff check + ruff format --check + mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict $(PACKAGES)
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP) ## benchmarks with same-run baselines; writes bench/report.json
+	$(BIN)/python -m bench.run
+
+migrate: $(STAMP) ## apply SQL migrations (DATABASE_URL, or the embedded PostgreSQL)
+	$(BIN)/python -m parent migrate --state-dir $(STATE_DIR)
+
+run: $(STAMP) ## embedded PostgreSQL + simulated enclave + parent on https://127.0.0.1:3000
+	$(BIN)/python -m scripts.localstack run --state-dir $(STATE_DIR)
+
+demo: $(STAMP) ## start the local stack and run the client flow end to end
+	$(BIN)/python -m scripts.localstack demo --state-dir $(STATE_DIR)
+
+clean:
+	rm -rf $(VENV) $(STATE_DIR) .pytest_cache .mypy_cache .ruff_cache bench/report.json
