@@ -35,7 +35,7 @@ async def fake_enclave(request: p.Request) -> p.Reply:
                 request_id=request.request_id, code=p.ErrorCode.NOT_FOUND, message="unknown session"
             )
         if request.session_id == "wrong-type":
-            return p.SummaryReply(request_id=request.request_id, summary={"x": b"bytes"})  # type: ignore[dict-item]
+            return p.SummaryReply(request_id=request.request_id, summary={"x": b"bytes"})
         return p.SummaryReply(request_id=request.request_id, summary={"id": request.session_id})
     return p.HealthReply(
         request_id=request.request_id, status="ok", sessions=0, uptime_seconds=0, pcr0=""
