@@ -325,10 +325,15 @@ class SealRecord(Request):
 @_register("unseal_record")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UnsealRecord(Request):
-    """Open a sealed record and re-encrypt it to the session owner's key."""
+    """Open a sealed record and re-encrypt it to the session owner's key.
+
+    ``label`` is the one stored beside the blob; it is bound into the seal's AAD, so
+    a parent that swaps labels or blobs gets UNDECRYPTABLE, not a mislabelled record.
+    """
 
     session_id: str
     record_id: str
+    label: str
     sealed: bytes
     proof_timestamp: int
     proof_signature: str

@@ -48,6 +48,7 @@ SAMPLES: list[p.Message] = [
         request_id=11,
         session_id="s" * 43,
         record_id="7d8c1a1e-0000-4000-8000-000000000000",
+        label="note",
         sealed=b"sealed",
         proof_timestamp=1700000000,
         proof_signature="c2ln",

@@ -1,0 +1,113 @@
+"""The enclave process configuration, read once from the environment. Side: enclave.
+
+Only the composition root (``enclave.main``) builds it; nothing else reads the
+environment. Every field says what it does and its security note.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.io.transport import VsockAddress, parse_port_map
+
+__all__ = ["EnclaveConfig", "Mode"]
+
+
+class Mode(enum.StrEnum):
+    """Production runs on Nitro hardware only; simulator is for dev and tests."""
+
+    PRODUCTION = "production"
+    SIMULATOR = "simulator"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnclaveConfig:
+    """Validated settings of the enclave process."""
+
+    # ENCLAVE_MODE (default "simulator" for the dev stack). Production refuses every
+    # simulator adapter (NSM simulator, TCP transport): fail closed, never guess.
+    mode: Mode = Mode.SIMULATOR
+    # ENCLAVE_TRANSPORT: "vsock" or "tcp-sim". Chosen explicitly, never probed.
+    transport: str = "tcp-sim"
+    # VSOCK_PORT_MAP: "CID:PORT=TCPPORT,..." for tcp-sim (loopback only).
+    port_map: Mapping[VsockAddress, int] = field(default_factory=dict)
+    # ENCLAVE_CID (16) / ENCLAVE_RPC_PORT (5000): where the RPC server listens.
+    cid: int = 16
+    rpc_port: int = 5000
+    # STATE_DIR (.run): simulator only, where the NSM simulator keeps its root key
+    # and writes its root certificate for clients to pin. Unused in production.
+    state_dir: Path = Path(".run")
+    # MAX_TTL_SECONDS (604800 = 7 days, the seed default): longest session lifetime a
+    # client may ask for. Credentials are forgotten at expiry.
+    max_ttl_seconds: int = 604_800
+    # PENDING_TTL_SECONDS (60): a submitted session not confirmed by the parent (its
+    # database write failed) is discarded after this long.
+    pending_ttl_seconds: int = 60
+    # MAX_ENVELOPE_AGE_SECONDS (600): when metadata carries issued_at, envelopes older
+    # (or further in the future) than this are refused, limiting replays.
+    max_envelope_age_seconds: int = 600
+    # ENABLE_PQ (1): also generate the ML-KEM-768+X25519 hybrid envelope key.
+    enable_pq: bool = True
+    # PURGE_INTERVAL_SECONDS (5): how often expired sessions are wiped from memory.
+    purge_interval_seconds: float = 5.0
+    # LOG_LEVEL (INFO). Logs never carry secrets at any level.
+    log_level: str = "INFO"
+
+    @property
+    def rpc_address(self) -> VsockAddress:
+        """The vsock address the RPC server listens on."""
+        return VsockAddress(cid=self.cid, port=self.rpc_port)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> EnclaveConfig:
+        """Build and validate from environment variables; ValueError names the bad one."""
+        env = os.environ if environ is None else environ
+
+        def integer(name: str, default: int, low: int, high: int) -> int:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be an integer") from None
+            if not low <= value <= high:
+                raise ValueError(f"{name} must be between {low} and {high}")
+            return value
+
+        try:
+            mode = Mode(env.get("ENCLAVE_MODE", Mode.SIMULATOR.value))
+        except ValueError:
+            raise ValueError("ENCLAVE_MODE must be 'production' or 'simulator'") from None
+        transport = env.get("ENCLAVE_TRANSPORT", "tcp-sim")
+        if transport not in ("vsock", "tcp-sim"):
+            raise ValueError("ENCLAVE_TRANSPORT must be 'vsock' or 'tcp-sim'")
+        if mode is Mode.PRODUCTION and transport != "vsock":
+            raise ValueError("production mode requires ENCLAVE_TRANSPORT=vsock")
+        port_map = parse_port_map(env.get("VSOCK_PORT_MAP", ""))
+        if transport == "tcp-sim" and not port_map:
+            raise ValueError("ENCLAVE_TRANSPORT=tcp-sim needs VSOCK_PORT_MAP")
+        enable_pq = env.get("ENABLE_PQ", "1")
+        if enable_pq not in ("0", "1"):
+            raise ValueError("ENABLE_PQ must be 0 or 1")
+        config = cls(
+            mode=mode,
+            transport=transport,
+            port_map=port_map,
+            cid=integer("ENCLAVE_CID", 16, 3, 0xFFFFFFFE),
+            rpc_port=integer("ENCLAVE_RPC_PORT", 5000, 1, 0xFFFFFFFE),
+            state_dir=Path(env.get("STATE_DIR", ".run")),
+            max_ttl_seconds=integer("MAX_TTL_SECONDS", 604_800, 60, 366 * 86_400),
+            pending_ttl_seconds=integer("PENDING_TTL_SECONDS", 60, 1, 3600),
+            max_envelope_age_seconds=integer("MAX_ENVELOPE_AGE_SECONDS", 600, 10, 86_400),
+            enable_pq=enable_pq == "1",
+            purge_interval_seconds=float(integer("PURGE_INTERVAL_SECONDS", 5, 1, 3600)),
+            log_level=env.get("LOG_LEVEL", "INFO"),
+        )
+        if transport == "tcp-sim" and config.rpc_address not in port_map:
+            raise ValueError(f"VSOCK_PORT_MAP has no entry for {config.rpc_address}")
+        return config

@@ -1,0 +1,115 @@
+"""Composition root of the enclave process: the only place that picks adapters. Side: enclave.
+
+Production: the real /dev/nsm device and AF_VSOCK. Simulator: the NSM simulator
+(root certificate under STATE_DIR) and vsock-over-TCP on 127.0.0.1. The two never
+mix: production mode refuses the simulator adapters in config validation, and
+nothing here falls back from one to the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import signal
+import sys
+
+import structlog
+
+from enclave.config import EnclaveConfig, Mode
+from enclave.keys import boot_keys
+from enclave.measurement import simulated_pcrs
+from enclave.nsm import DevNsm, NsmClient, NsmDevice
+from enclave.nsm_simulator import NsmSimulator
+from enclave.rpc_server import RpcServer
+from enclave.service import EnclaveService, ServiceLimits
+from shared.attestation import pcrs_to_json
+from shared.io.transport import transport_from_config
+from shared.logsetup import configure_logging
+
+__all__ = ["EXPECTED_PCRS_FILE", "main", "run"]
+
+log = structlog.get_logger("enclave.main")
+
+EXPECTED_PCRS_FILE = "expected-pcrs.json"
+"""Simulator only: PCR0/1/2 written under STATE_DIR for dev clients to pin."""
+
+
+def _device(config: EnclaveConfig) -> NsmDevice:
+    if config.mode is Mode.PRODUCTION:
+        return DevNsm.open()
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    pcrs = simulated_pcrs()
+    simulator = NsmSimulator(config.state_dir, pcrs)
+    expected = {index: pcrs[index] for index in (0, 1, 2)}
+    path = config.state_dir / EXPECTED_PCRS_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(pcrs_to_json(expected), indent=1) + "\n")
+    os.replace(tmp, path)
+    return simulator
+
+
+async def run(config: EnclaveConfig, *, stop: asyncio.Event | None = None) -> None:
+    """Boot keys, serve RPC until ``stop`` is set (or SIGINT/SIGTERM)."""
+    # No core dumps: a crash must not write credentials to disk.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    nsm = NsmClient(_device(config))
+    keys = boot_keys(nsm, with_pq=config.enable_pq)
+    pcr0 = nsm.describe_pcr(0).data
+    service = EnclaveService(
+        nsm=nsm,
+        keys=keys,
+        pcr0=pcr0,
+        limits=ServiceLimits(
+            max_ttl_seconds=config.max_ttl_seconds,
+            pending_ttl_seconds=config.pending_ttl_seconds,
+            max_envelope_age_seconds=config.max_envelope_age_seconds,
+        ),
+    )
+    transport = transport_from_config(
+        "vsock" if config.transport == "vsock" else "tcp-sim",
+        dict(config.port_map) or None,
+    )
+    server = RpcServer(service.handle)
+    await server.start(transport, config.rpc_address)
+    log.info(
+        "enclave_ready",
+        mode=config.mode.value,
+        address=str(config.rpc_address),
+        pcr0=pcr0.hex(),
+        pq=keys.pq_public() is not None,
+    )
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+
+    async def purge_loop() -> None:
+        while True:
+            await asyncio.sleep(config.purge_interval_seconds)
+            service.purge_expired()
+
+    purger = asyncio.create_task(purge_loop())
+    try:
+        await stop.wait()
+    finally:
+        purger.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await purger
+        await server.close()
+        log.info("enclave_stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m enclave``: configuration from the environment, then serve."""
+    try:
+        config = EnclaveConfig.from_env()
+    except ValueError as exc:
+        print(f"enclave: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging("enclave", level=config.log_level)
+    asyncio.run(run(config))
+    return 0

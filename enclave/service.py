@@ -1,0 +1,512 @@
+"""The enclave's RPC methods: attest, submit, reports, revoke, records. Side: enclave.
+
+``EnclaveService.handle`` takes one typed request from the parent and returns one
+typed reply. Everything the parent sends is untrusted: metadata is validated
+here again (the parent's checks are for users' convenience, these are the ones
+that count), owner proofs are verified here, and every refusal is an
+``ErrorReply`` whose message is a fixed string: no secret, no plaintext, no
+session id, no exception text ever goes into a reply or a log line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from enclave.keys import KeyRing
+from enclave.nsm import NsmClient, NsmError
+from enclave.sessions import Session, SessionTable
+from shared import protocol as p
+from shared.attestation import encode_user_data
+from shared.encoding import canonical_json
+from shared.envelope import (
+    Envelope,
+    EnvelopeFormatError,
+    EnvelopeOpener,
+    envelope_digest,
+    open_credentials,
+    seal,
+)
+from shared.errors import EnvelopeError, SignatureError
+from shared.ids import is_session_id, new_session_id, session_hash
+from shared.owner import owner_x25519_public
+from shared.signing import OwnerProof, report_hash, sign_payload, verify_owner_proof
+
+__all__ = [
+    "EMPTY_MERKLE_ROOT",
+    "METHOD_VERSION",
+    "EnclaveService",
+    "ServiceLimits",
+]
+
+log = structlog.get_logger("enclave.service")
+
+METHOD_VERSION = "perf-aggregator/aggregates/v1"
+"""Names the computation behind a signed report; bumped whenever a definition changes."""
+
+EMPTY_MERKLE_ROOT = hashlib.sha256(b"").hexdigest()
+"""RFC 6962 section 2.1: the hash of an empty tree is SHA-256 of the empty string."""
+
+_EXCHANGE = re.compile(r"\A[a-z0-9][a-z0-9_.-]{0,31}\Z")
+_MAX_LABEL = 64
+_METADATA_KEYS = frozenset({"exchange", "label", "ttl", "issued_at"})
+_RECORD_METADATA_KEYS = frozenset({"purpose", "label"})
+_MAX_NONCE = 512  # NSM limit on the nonce field (attestation_process.md)
+_RECORD_VERSION = 1
+_RECORD_NONCE = 12
+
+
+class ServiceLimits:
+    """Policy numbers from the enclave configuration."""
+
+    def __init__(
+        self,
+        *,
+        max_ttl_seconds: int,
+        pending_ttl_seconds: int,
+        max_envelope_age_seconds: int,
+        min_ttl_seconds: int = 60,
+    ) -> None:
+        self.max_ttl_seconds = max_ttl_seconds
+        self.pending_ttl_seconds = pending_ttl_seconds
+        self.max_envelope_age_seconds = max_envelope_age_seconds
+        self.min_ttl_seconds = min_ttl_seconds
+
+
+class _Refusal(Exception):
+    """Internal: becomes an ErrorReply with a fixed, safe message."""
+
+    def __init__(self, code: p.ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _rfc3339(timestamp: float) -> str:
+    return datetime.fromtimestamp(int(timestamp), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _short_hash(digest: bytes) -> str:
+    """What logs show of a session: 12 hex chars of the id's hash (never the id)."""
+    return digest.hex()[:12]
+
+
+class EnclaveService:
+    """Dispatches parent requests to the enclave's state: keys, sessions, NSM."""
+
+    def __init__(
+        self,
+        *,
+        nsm: NsmClient,
+        keys: KeyRing,
+        pcr0: bytes,
+        limits: ServiceLimits,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._nsm = nsm
+        self._keys = keys
+        self._pcr0_hex = pcr0.hex()
+        self._limits = limits
+        self._clock = clock
+        self._sessions = SessionTable()
+        self._started = clock()
+        self._user_data = encode_user_data(keys.public())
+        self.counters: Counter[str] = Counter()
+        self._handlers: Mapping[type[p.Request], Callable[[Any], p.Reply]] = {
+            p.Attest: self._attest,
+            p.Submit: self._submit,
+            p.Confirm: self._confirm,
+            p.Aggregates: self._aggregates,
+            p.SessionMetrics: self._metrics,
+            p.Summary: self._summary,
+            p.Revoke: self._revoke,
+            p.Restore: self._restore,
+            p.SealRecord: self._seal_record,
+            p.UnsealRecord: self._unseal_record,
+            p.Health: self._health,
+            p.Stats: self._stats,
+        }
+
+    @property
+    def sessions(self) -> SessionTable:
+        """The live session table (for the purge task and tests)."""
+        return self._sessions
+
+    async def handle(self, request: p.Request) -> p.Reply:
+        """Answer one request; refusals become ErrorReply, never an exception."""
+        handler = self._handlers[type(request)]
+        try:
+            reply = handler(request)
+        except _Refusal as refusal:
+            self.counters[f"{request.TYPE}.{refusal.code.value}"] += 1
+            log.info("request_refused", method=request.TYPE, code=refusal.code.value)
+            return p.ErrorReply(
+                request_id=request.request_id, code=refusal.code, message=refusal.message
+            )
+        self.counters[f"{request.TYPE}.ok"] += 1
+        return reply
+
+    def purge_expired(self) -> int:
+        """Forget expired and abandoned sessions (credentials included)."""
+        purged = self._sessions.purge(now=self._clock())
+        if purged:
+            self.counters["ttl.purged"] += purged
+            log.info("sessions_purged", count=purged)
+        return purged
+
+    # ------------------------------------------------------------------ attestation
+
+    def _attest(self, request: p.Attest) -> p.AttestReply:
+        if len(request.nonce) > _MAX_NONCE:
+            raise _Refusal(p.ErrorCode.TOO_LARGE, f"nonce longer than {_MAX_NONCE} bytes")
+        try:
+            document = self._nsm.attestation(user_data=self._user_data, nonce=request.nonce)
+        except NsmError as exc:
+            log.error("nsm_attestation_failed", nsm_error=str(exc.code))
+            raise _Refusal(p.ErrorCode.UNAVAILABLE, "attestation unavailable") from None
+        return p.AttestReply(request_id=request.request_id, document=document)
+
+    # ------------------------------------------------------------------ sessions
+
+    def _submit(self, request: p.Submit) -> p.SubmitReply:
+        now = self._clock()
+        try:
+            envelope = Envelope(
+                alg=request.alg,
+                ephemeral_pub=request.ephemeral_pub,
+                nonce=request.nonce,
+                ciphertext=request.ciphertext,
+                tag=request.tag,
+                metadata=request.metadata,
+            )
+        except EnvelopeFormatError as exc:
+            # Structural messages name a field, never a value: safe to return.
+            raise _Refusal(p.ErrorCode.BAD_REQUEST, str(exc)) from None
+        exchange, label, ttl = self._check_metadata(envelope.metadata, now=now)
+        digest = envelope_digest(envelope)
+        if self._sessions.seen(digest):
+            raise _Refusal(p.ErrorCode.REPLAYED, "this envelope was already submitted")
+        try:
+            credentials = open_credentials(self._keys.opener, envelope)
+        except EnvelopeError:
+            raise _Refusal(p.ErrorCode.UNDECRYPTABLE, "envelope could not be opened") from None
+        session_id = new_session_id()
+        digest_of_id = session_hash(session_id)
+        self._sessions.add_pending(
+            Session(
+                session_hash=digest_of_id,
+                exchange=exchange,
+                label=label,
+                credentials=credentials,
+                created_at=now,
+                expires_at=now + ttl,
+                pending_deadline=now + self._limits.pending_ttl_seconds,
+                envelope_digest=digest,
+            )
+        )
+        log.info(
+            "session_opened",
+            session=_short_hash(digest_of_id),
+            exchange=exchange,
+            ttl=ttl,
+            owner=credentials.owner_pub is not None,
+        )
+        return p.SubmitReply(
+            request_id=request.request_id,
+            session_id=session_id,
+            expires_at=int(now + ttl),
+            exchange=exchange,
+            label=label,
+        )
+
+    def _check_metadata(self, metadata: Mapping[str, Any], *, now: float) -> tuple[str, str, int]:
+        """The enclave's own check of the metadata the client bound into the AAD."""
+        if not set(metadata) <= _METADATA_KEYS or not {"exchange", "label", "ttl"} <= set(metadata):
+            raise _Refusal(
+                p.ErrorCode.BAD_REQUEST, "metadata must have exchange, label, ttl (and issued_at)"
+            )
+        exchange, label, ttl = metadata["exchange"], metadata["label"], metadata["ttl"]
+        if not isinstance(exchange, str) or not _EXCHANGE.match(exchange):
+            raise _Refusal(p.ErrorCode.BAD_REQUEST, "metadata.exchange is not an exchange id")
+        if not isinstance(label, str) or not 1 <= len(label) <= _MAX_LABEL:
+            raise _Refusal(p.ErrorCode.BAD_REQUEST, f"metadata.label must be 1..{_MAX_LABEL} chars")
+        if isinstance(ttl, float) and ttl.is_integer():
+            ttl = int(ttl)
+        if (
+            not isinstance(ttl, int)
+            or isinstance(ttl, bool)
+            or not self._limits.min_ttl_seconds <= ttl <= self._limits.max_ttl_seconds
+        ):
+            raise _Refusal(
+                p.ErrorCode.BAD_REQUEST,
+                f"metadata.ttl must be an integer from {self._limits.min_ttl_seconds} "
+                f"to {self._limits.max_ttl_seconds} seconds",
+            )
+        issued_at = metadata.get("issued_at")
+        if issued_at is not None:
+            if not isinstance(issued_at, int) or isinstance(issued_at, bool):
+                raise _Refusal(p.ErrorCode.BAD_REQUEST, "metadata.issued_at must be Unix seconds")
+            if abs(now - issued_at) > self._limits.max_envelope_age_seconds:
+                raise _Refusal(p.ErrorCode.BAD_REQUEST, "metadata.issued_at is too old or ahead")
+        return exchange, label, ttl
+
+    def _confirm(self, request: p.Confirm) -> p.ConfirmReply:
+        digest = self._hash_of(request.session_id)
+        if request.commit:
+            ok = self._sessions.confirm(digest, now=self._clock())
+        else:
+            ok = self._sessions.discard(digest)
+        if not ok:
+            raise _Refusal(p.ErrorCode.NOT_FOUND, "unknown or expired pending session")
+        log.info("session_confirmed" if request.commit else "session_discarded",
+                 session=_short_hash(digest))  # fmt: skip
+        return p.ConfirmReply(request_id=request.request_id)
+
+    def _active(self, session_id: str) -> Session:
+        session = self._sessions.get_active(self._hash_of(session_id), now=self._clock())
+        if session is None:
+            raise _Refusal(p.ErrorCode.NOT_FOUND, "unknown, expired or revoked session")
+        return session
+
+    @staticmethod
+    def _hash_of(session_id: str) -> bytes:
+        if not is_session_id(session_id):
+            # Same answer as an unknown id: the format is public, the ids are not.
+            raise _Refusal(p.ErrorCode.NOT_FOUND, "unknown, expired or revoked session")
+        return session_hash(session_id)
+
+    def _check_owner(
+        self,
+        session: Session,
+        *,
+        method: str,
+        session_id: str,
+        timestamp: int | None,
+        signature: str | None,
+        required: bool,
+    ) -> None:
+        """Verify the owner proof when the session has an owner (or when one is required)."""
+        owner_pub = session.owner_pub
+        if owner_pub is None:
+            if required:
+                raise _Refusal(p.ErrorCode.FORBIDDEN, "this session has no owner key")
+            return
+        if timestamp is None or signature is None:
+            raise _Refusal(p.ErrorCode.FORBIDDEN, "owner proof required")
+        try:
+            proof = OwnerProof(timestamp=timestamp, signature=signature)
+            verify_owner_proof(
+                owner_pub, proof, method=method, session_id=session_id, now=int(self._clock())
+            )
+        except (SignatureError, ValueError):
+            raise _Refusal(p.ErrorCode.FORBIDDEN, "owner proof invalid or expired") from None
+
+    def _revoke(self, request: p.Revoke) -> p.RevokeReply:
+        session = self._active(request.session_id)
+        self._check_owner(
+            session,
+            method="revoke",
+            session_id=request.session_id,
+            timestamp=request.proof_timestamp,
+            signature=request.proof_signature,
+            required=False,
+        )
+        self._sessions.remove(session.session_hash)
+        log.info("session_revoked", session=_short_hash(session.session_hash))
+        return p.RevokeReply(request_id=request.request_id)
+
+    def _restore(self, request: p.Restore) -> p.RestoreReply:
+        # Sealed-state restore needs the KMS data key (issue 7); until then this
+        # enclave has nothing it could decrypt a sealed blob with.
+        raise _Refusal(p.ErrorCode.UNSUPPORTED, "sealed-state restore is not enabled")
+
+    # ------------------------------------------------------------------ reports
+
+    def _aggregates(self, request: p.Aggregates) -> p.AggregatesReply:
+        session = self._active(request.session_id)
+        now = self._clock()
+        session.report_seq += 1
+        payload: dict[str, Any] = {
+            "v": 1,
+            "method": METHOD_VERSION,
+            "session_hash": session.session_hash.hex(),
+            "exchange": session.exchange,
+            "label": session.label,
+            # No trades are polled yet: the figures are the exact values of an empty
+            # history, not placeholders.
+            "pnl": 0,
+            "sharpe": 0,
+            "volume": 0,
+            "trades": 0,
+            "from": _rfc3339(session.created_at),
+            "to": _rfc3339(now),
+            "merkle_root": EMPTY_MERKLE_ROOT,
+            "pcr0": self._pcr0_hex,
+            "issued_at": _rfc3339(now),
+            "seq": session.report_seq,
+            "prev_report_hash": session.prev_report_hash,
+        }
+        signature = sign_payload(self._keys.signing_key, payload)
+        session.prev_report_hash = report_hash(payload)
+        return p.AggregatesReply(
+            request_id=request.request_id,
+            payload=payload,
+            signature=signature,
+            merkle_root=EMPTY_MERKLE_ROOT,
+        )
+
+    def _figures(self, session: Session) -> dict[str, Any]:
+        return {"pnl": 0, "volume": 0, "trades": 0, "sharpe": 0, "win_rate": 0}
+
+    def _metrics(self, request: p.SessionMetrics) -> p.MetricsReply:
+        session = self._active(request.session_id)
+        metrics = {
+            "exchange": session.exchange,
+            "label": session.label,
+            "window": {"from": _rfc3339(session.created_at), "to": _rfc3339(self._clock())},
+            "totals": self._figures(session),
+            "per_symbol": [],
+            "daily": [],
+        }
+        return p.MetricsReply(request_id=request.request_id, metrics=metrics)
+
+    def _summary(self, request: p.Summary) -> p.SummaryReply:
+        session = self._active(request.session_id)
+        summary = {
+            "exchange": session.exchange,
+            "label": session.label,
+            "status": "active",
+            "created_at": _rfc3339(session.created_at),
+            "expires_at": _rfc3339(session.expires_at),
+            "reports_issued": session.report_seq,
+            "headline": self._figures(session),
+            "polling": {
+                "state": "not_started",
+                "last_poll": None,
+                "next_poll": None,
+                "trades_seen": 0,
+                "last_error": None,
+            },
+        }
+        return p.SummaryReply(request_id=request.request_id, summary=summary)
+
+    # ------------------------------------------------------------------ records
+
+    def _record_aad(self, *, record_id: str, session: Session, label: str) -> bytes:
+        return canonical_json(
+            {
+                "v": _RECORD_VERSION,
+                "purpose": "perf-aggregator/record",
+                "record_id": record_id,
+                "session_hash": session.session_hash.hex(),
+                "label": label,
+            }
+        )
+
+    def _seal_record(self, request: p.SealRecord) -> p.SealRecordReply:
+        session = self._active(request.session_id)
+        self._check_owner(
+            session,
+            method="seal_record",
+            session_id=request.session_id,
+            timestamp=request.proof_timestamp,
+            signature=request.proof_signature,
+            required=False,
+        )
+        metadata = request.metadata
+        label = metadata.get("label")
+        if (
+            set(metadata) != _RECORD_METADATA_KEYS
+            or metadata.get("purpose") != "record"
+            or not isinstance(label, str)
+            or not 1 <= len(label) <= _MAX_LABEL
+        ):
+            raise _Refusal(
+                p.ErrorCode.BAD_REQUEST,
+                f'record metadata must be {{"purpose": "record", "label": 1..{_MAX_LABEL} chars}}',
+            )
+        try:
+            envelope = Envelope(
+                alg=request.alg,
+                ephemeral_pub=request.ephemeral_pub,
+                nonce=request.nonce,
+                ciphertext=request.ciphertext,
+                tag=request.tag,
+                metadata=metadata,
+            )
+        except EnvelopeFormatError as exc:
+            raise _Refusal(p.ErrorCode.BAD_REQUEST, str(exc)) from None
+        opener: EnvelopeOpener = self._keys.opener
+        try:
+            plaintext = opener.open(envelope)
+        except EnvelopeError:
+            raise _Refusal(p.ErrorCode.UNDECRYPTABLE, "envelope could not be opened") from None
+        record_id = str(uuid.uuid4())
+        nonce = os.urandom(_RECORD_NONCE)
+        aad = self._record_aad(record_id=record_id, session=session, label=label)
+        sealed = (
+            bytes([_RECORD_VERSION])
+            + nonce
+            + AESGCM(self._keys.record_key).encrypt(nonce, plaintext, aad)
+        )
+        log.info("record_sealed", session=_short_hash(session.session_hash))
+        return p.SealRecordReply(
+            request_id=request.request_id, record_id=record_id, label=label, sealed=sealed
+        )
+
+    def _unseal_record(self, request: p.UnsealRecord) -> p.UnsealRecordReply:
+        session = self._active(request.session_id)
+        self._check_owner(
+            session,
+            method=f"unseal_record:{request.record_id}",
+            session_id=request.session_id,
+            timestamp=request.proof_timestamp,
+            signature=request.proof_signature,
+            required=True,
+        )
+        owner_pub = session.owner_pub
+        assert owner_pub is not None  # _check_owner(required=True) guarantees it
+        sealed = request.sealed
+        if len(sealed) < 1 + _RECORD_NONCE + 16 or sealed[0] != _RECORD_VERSION:
+            raise _Refusal(p.ErrorCode.UNDECRYPTABLE, "record could not be unsealed")
+        nonce, ciphertext = sealed[1 : 1 + _RECORD_NONCE], sealed[1 + _RECORD_NONCE :]
+        aad = self._record_aad(record_id=request.record_id, session=session, label=request.label)
+        try:
+            plaintext = AESGCM(self._keys.record_key).decrypt(nonce, ciphertext, aad)
+        except InvalidTag:
+            raise _Refusal(p.ErrorCode.UNDECRYPTABLE, "record could not be unsealed") from None
+        label = request.label
+        reply = seal(
+            plaintext,
+            metadata={"purpose": "record-unseal", "record_id": request.record_id, "label": label},
+            recipient_x25519=owner_x25519_public(owner_pub),
+        )
+        log.info("record_unsealed", session=_short_hash(session.session_hash))
+        return p.UnsealRecordReply(request_id=request.request_id, envelope=reply.to_wire())
+
+    # ------------------------------------------------------------------ operations
+
+    def _health(self, request: p.Health) -> p.HealthReply:
+        return p.HealthReply(
+            request_id=request.request_id,
+            status="ok",
+            sessions=self._sessions.active_count(),
+            uptime_seconds=int(self._clock() - self._started),
+            pcr0=self._pcr0_hex,
+        )
+
+    def _stats(self, request: p.Stats) -> p.StatsReply:
+        counters: dict[str, Any] = dict(sorted(self.counters.items()))
+        counters["sessions.active"] = self._sessions.active_count()
+        return p.StatsReply(request_id=request.request_id, counters=counters)

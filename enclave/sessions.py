@@ -1,0 +1,135 @@
+"""Live sessions and their credentials, in enclave memory only. Side: enclave.
+
+A session is keyed by the SHA-256 of its id; the clear id is never stored, even
+here (requests carry it and owner proofs sign it). Its lifecycle:
+
+    submit -> PENDING --confirm--> ACTIVE --revoke / TTL--> gone
+                  \\--discard / pending timeout--> gone
+
+Replay protection: the digest of every envelope accepted while this enclave's
+envelope key lives is remembered (32 bytes each). A discarded pending session
+releases its digest, so a client whose submit failed on the parent's side can
+retry with the same envelope; an expired or revoked one does not.
+
+Time is passed in (``now``) so expiry is tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from shared.envelope import Credentials
+
+__all__ = ["Session", "SessionState", "SessionTable"]
+
+
+class SessionState(enum.Enum):
+    """Pending sessions exist only until the parent confirms its database write."""
+
+    PENDING = "pending"
+    ACTIVE = "active"
+
+
+@dataclass(slots=True, kw_only=True)
+class Session:
+    """One trader's session. ``credentials`` never leave this object in clear."""
+
+    session_hash: bytes
+    exchange: str
+    label: str
+    credentials: Credentials = field(repr=False)
+    created_at: float
+    expires_at: float
+    pending_deadline: float
+    envelope_digest: bytes
+    state: SessionState = SessionState.PENDING
+    report_seq: int = 0
+    prev_report_hash: str | None = None
+
+    @property
+    def owner_pub(self) -> bytes | None:
+        """The owner's Ed25519 key from the envelope, if the client set one."""
+        return self.credentials.owner_pub
+
+
+class SessionTable:
+    """Sessions by id hash, plus the replay set of accepted envelope digests."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[bytes, Session] = {}
+        self._seen_digests: set[bytes] = set()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def active_count(self) -> int:
+        """Sessions confirmed by the parent and not yet expired or revoked."""
+        return sum(1 for s in self._sessions.values() if s.state is SessionState.ACTIVE)
+
+    def seen(self, envelope_digest: bytes) -> bool:
+        """Was this envelope accepted before (replay)?"""
+        return envelope_digest in self._seen_digests
+
+    def add_pending(self, session: Session) -> None:
+        """Register a freshly opened session, waiting for the parent's confirmation."""
+        if session.session_hash in self._sessions or session.envelope_digest in self._seen_digests:
+            raise ValueError("duplicate session or envelope")  # callers check seen() first
+        self._seen_digests.add(session.envelope_digest)
+        self._sessions[session.session_hash] = session
+
+    def confirm(self, session_hash: bytes, *, now: float) -> bool:
+        """PENDING -> ACTIVE; False if unknown, already active, or the pending time ran out."""
+        session = self._sessions.get(session_hash)
+        if session is None or session.state is not SessionState.PENDING:
+            return False
+        if now > session.pending_deadline:
+            self._discard(session)
+            return False
+        session.state = SessionState.ACTIVE
+        return True
+
+    def discard(self, session_hash: bytes) -> bool:
+        """Drop a PENDING session and release its envelope digest for a retry."""
+        session = self._sessions.get(session_hash)
+        if session is None or session.state is not SessionState.PENDING:
+            return False
+        self._discard(session)
+        return True
+
+    def get_active(self, session_hash: bytes, *, now: float) -> Session | None:
+        """The ACTIVE, unexpired session, or None (an expired one is removed on the way)."""
+        session = self._sessions.get(session_hash)
+        if session is None or session.state is not SessionState.ACTIVE:
+            return None
+        if now >= session.expires_at:
+            del self._sessions[session_hash]
+            return None
+        return session
+
+    def remove(self, session_hash: bytes) -> bool:
+        """Forget an ACTIVE session now (revoke). Its envelope stays in the replay set."""
+        session = self._sessions.get(session_hash)
+        if session is None or session.state is not SessionState.ACTIVE:
+            return False
+        del self._sessions[session_hash]
+        return True
+
+    def purge(self, *, now: float) -> int:
+        """Remove expired ACTIVE sessions and timed-out PENDING ones; return how many."""
+        doomed = [
+            s
+            for s in self._sessions.values()
+            if (s.state is SessionState.ACTIVE and now >= s.expires_at)
+            or (s.state is SessionState.PENDING and now > s.pending_deadline)
+        ]
+        for session in doomed:
+            if session.state is SessionState.PENDING:
+                self._discard(session)
+            else:
+                del self._sessions[session.session_hash]
+        return len(doomed)
+
+    def _discard(self, session: Session) -> None:
+        del self._sessions[session.session_hash]
+        self._seen_digests.discard(session.envelope_digest)
