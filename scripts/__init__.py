@@ -1,0 +1,1 @@
+"""Operator and developer scripts; Python ones are importable (tests drive scripts.localstack)."""

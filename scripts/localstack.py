@@ -1,0 +1,331 @@
+"""The local stack: embedded PostgreSQL, simulated enclave, parent over HTTPS. Side: dev tooling.
+
+``python -m scripts.localstack run``  starts everything in the foreground (Ctrl-C stops it);
+``python -m scripts.localstack demo`` starts it, runs the seed's client flow with every
+check printed, stops it, and exits 0 only if every check passed.
+
+The enclave and the parent are real separate processes talking over the
+vsock-over-TCP simulator on 127.0.0.1; the parent starts its embedded PostgreSQL
+itself (DATABASE_URL unset). Everything lands in the state directory: the dev TLS
+CA (``tls/ca.pem``), the NSM simulator root (``nsm-root.pem``), the expected PCRs
+(``expected-pcrs.json``) and both processes' logs (``logs/``). ``LocalStack`` is
+also what the end-to-end tests drive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from rich.console import Console
+from rich.table import Table
+
+from shared.attestation import pcrs_from_json
+
+__all__ = ["LocalStack", "StackError", "main"]
+
+ENCLAVE_CID = 16
+ENCLAVE_RPC_PORT = 5000
+
+
+class StackError(RuntimeError):
+    """A process of the stack failed to start or died."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalStack:
+    """Start, stop and kill the enclave and parent processes of a local stack."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        parent_port: int = 3000,
+        enclave_tcp_port: int = 15000,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.state_dir = state_dir.resolve()
+        self.parent_port = parent_port
+        self.enclave_tcp_port = enclave_tcp_port
+        self.extra_env = dict(extra_env or {})
+        self.log_dir = self.state_dir / "logs"
+        self.enclave: subprocess.Popen[bytes] | None = None
+        self.parent: subprocess.Popen[bytes] | None = None
+        self._logs: list[IO[bytes]] = []
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def base_url(self) -> str:
+        """Where the parent serves HTTPS."""
+        return f"https://127.0.0.1:{self.parent_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The dev TLS CA the parent generated (clients trust it)."""
+        return self.state_dir / "tls" / "ca.pem"
+
+    @property
+    def nsm_root_file(self) -> Path:
+        """The NSM simulator root certificate (clients pin it explicitly)."""
+        return self.state_dir / "nsm-root.pem"
+
+    @property
+    def pcrs_file(self) -> Path:
+        """PCR0/1/2 the simulated enclave measures."""
+        return self.state_dir / "expected-pcrs.json"
+
+    def expected_pcrs(self) -> dict[int, bytes]:
+        """The PCRs to pin, read from the state directory."""
+        return pcrs_from_json(json.loads(self.pcrs_file.read_text()))
+
+    def nsm_root_der(self) -> bytes:
+        """DER of the simulator root, for ``AttestationVerifier(root_der=...)``."""
+        return x509.load_pem_x509_certificate(self.nsm_root_file.read_bytes()).public_bytes(
+            Encoding.DER
+        )
+
+    # ------------------------------------------------------------------ processes
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for name in ("DATABASE_URL",):  # the stack always uses its embedded database
+            if name not in self.extra_env:
+                env.pop(name, None)
+        env.update(
+            {
+                "STATE_DIR": str(self.state_dir),
+                "VSOCK_PORT_MAP": f"{ENCLAVE_CID}:{ENCLAVE_RPC_PORT}={self.enclave_tcp_port}",
+                "ENCLAVE_CID": str(ENCLAVE_CID),
+                "ENCLAVE_RPC_PORT": str(ENCLAVE_RPC_PORT),
+                "ENCLAVE_MODE": "simulator",
+                "ENCLAVE_TRANSPORT": "tcp-sim",
+                "TRANSPORT": "tcp-sim",
+                "MODE": "development",
+                "HOST": "127.0.0.1",
+                "ENCLAVE_PORT": str(self.parent_port),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def _spawn(self, name: str) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.log_dir / f"{name}.log").open("ab")
+        self._logs.append(log)
+        args = [sys.executable, "-m", name] + (["run"] if name == "parent" else [])
+        return subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            args, env=self._env(), stdout=log, stderr=subprocess.STDOUT, cwd=Path.cwd()
+        )
+
+    def start_enclave(self) -> None:
+        """Start the enclave process and wait until its RPC port accepts connections."""
+        self.enclave = self._spawn("enclave")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.enclave.poll() is not None:
+                raise StackError(
+                    f"enclave exited ({self.enclave.returncode}):\n{self.log_tail('enclave')}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.enclave_tcp_port), timeout=0.2),
+            ):
+                return
+            time.sleep(0.05)
+        raise StackError("enclave did not start listening within 30 s")
+
+    def start_parent(self, *, timeout: float = 90.0) -> None:
+        """Start the parent and wait until /readyz answers 200."""
+        self.parent = self._spawn("parent")
+        self.wait_ready(timeout=timeout)
+
+    def start(self) -> None:
+        """Enclave first (the parent would answer 503 until it is up), then the parent."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.start_enclave()
+        self.start_parent()
+
+    def wait_ready(self, *, timeout: float = 90.0) -> None:
+        """Poll /readyz until it says 200 (parent, database and enclave all up)."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.parent is not None and self.parent.poll() is not None:
+                raise StackError(
+                    f"parent exited ({self.parent.returncode}):\n{self.log_tail('parent')}"
+                )
+            if self.ca_file.exists():
+                try:
+                    context = ssl.create_default_context(cafile=str(self.ca_file))
+                    with urllib.request.urlopen(  # noqa: S310 - https to our own loopback server
+                        f"{self.base_url}/readyz", context=context, timeout=2
+                    ) as response:
+                        if response.status == 200:
+                            return
+                except urllib.error.HTTPError as exc:
+                    last = f"HTTP {exc.code}"
+                except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
+                    last = type(exc).__name__
+            time.sleep(0.1)
+        raise StackError(f"parent not ready within {timeout:.0f} s (last: {last})")
+
+    def kill_enclave(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the enclave process (fault tests)."""
+        if self.enclave is not None and self.enclave.poll() is None:
+            self.enclave.send_signal(sig)
+            self.enclave.wait(timeout=10)
+
+    def stop(self) -> None:
+        """SIGTERM both processes (parent first), then SIGKILL what is left after 15 s."""
+        for proc in (self.parent, self.enclave):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in (self.parent, self.enclave):
+            if proc is None:
+                continue
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        """The last lines of a process log (for error messages)."""
+        path = self.log_dir / f"{name}.log"
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------------- demo
+
+
+async def run_demo(stack: LocalStack, console: Console) -> bool:
+    """The seed's flow against the running stack; print each check; True if all passed."""
+    from shared.client import SecureClient, ServerRejected
+
+    passed = True
+
+    def check(ok: bool, what: str, detail: str = "") -> None:
+        nonlocal passed
+        passed &= ok
+        mark = "[green]PASS[/green]" if ok else "[red]FAIL[/red]"
+        console.print(f"  {mark}  {what}" + (f"  [dim]{detail}[/dim]" if detail else ""))
+
+    pcrs = stack.expected_pcrs()
+    console.print(f"[bold]Pinned[/bold] PCR0 {pcrs[0].hex()[:32]}... and the NSM simulator root")
+    async with SecureClient(
+        stack.base_url,
+        expected_pcrs=pcrs,
+        root_der=stack.nsm_root_der(),
+        ca_file=str(stack.ca_file),
+    ) as client:
+        console.print("[bold]1. Attestation[/bold] (fresh nonce, chain to pinned root, PCRs)")
+        quote = await client.attest()
+        check(True, "attestation document verified", f"module {quote.verified.doc.module_id}")
+        check(quote.pcr0 == pcrs[0].hex(), "PCR0 matches the pinned measurement")
+
+        console.print("[bold]2. Register[/bold] (credentials encrypted to the attested key)")
+        registration = await client.register(
+            exchange="binance",
+            api_key="demo-api-key",
+            api_secret="demo-api-secret",  # noqa: S106 - demo value, the exchange is fake
+            label="demo",
+            ttl=3600,
+        )
+        check(
+            bool(registration.session_id), "session created", f"expires {registration.expires_at}"
+        )
+
+        console.print("[bold]3. Signed aggregates[/bold]")
+        report = await client.aggregates(registration.session_id)
+        check(True, "signature verified with the attested Ed25519 key")
+        table = Table(show_header=True)
+        for name in ("pnl", "sharpe", "volume", "trades", "from", "to", "seq"):
+            table.add_column(name)
+        table.add_row(
+            *(
+                str(report.payload[k])
+                for k in ("pnl", "sharpe", "volume", "trades", "from", "to", "seq")
+            )
+        )
+        console.print(table)
+        summary = await client.summary(registration.session_id)
+        check(summary.get("status") == "active", "summary says the session is active")
+
+        console.print("[bold]4. Revoke[/bold] (owner-signed)")
+        result = await client.revoke(registration)
+        check(result.get("success") is True, "revoked", str(result.get("message")))
+        try:
+            await client.aggregates(registration.session_id)
+            check(False, "aggregates after revoke must be 404")
+        except ServerRejected as exc:
+            check(exc.status == 404, "aggregates after revoke answer 404", exc.code)
+    return passed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``make run`` / ``make demo``."""
+    parser = argparse.ArgumentParser(prog="python -m scripts.localstack", description=__doc__)
+    parser.add_argument("command", choices=["run", "demo"])
+    parser.add_argument("--state-dir", type=Path, default=Path(".run"))
+    parser.add_argument("--port", type=int, default=3000, help="parent HTTPS port")
+    parser.add_argument("--enclave-port", type=int, default=15000, help="simulated vsock TCP port")
+    args = parser.parse_args(argv)
+    console = Console()
+    stack = LocalStack(args.state_dir, parent_port=args.port, enclave_tcp_port=args.enclave_port)
+    started = time.monotonic()
+    try:
+        console.print(f"Starting the local stack in {stack.state_dir} ...")
+        stack.start()
+        console.print(
+            f"[green]ready[/green] in {time.monotonic() - started:.1f} s: {stack.base_url} "
+            f"(CA {stack.ca_file}, NSM root {stack.nsm_root_file}, PCRs {stack.pcrs_file})"
+        )
+        if args.command == "run":
+            console.print("Ctrl-C stops everything.")
+            with contextlib.suppress(KeyboardInterrupt):
+                while stack.parent is not None and stack.parent.poll() is None:
+                    time.sleep(0.5)
+            return 0
+        ok = asyncio.run(run_demo(stack, console))
+        console.print(
+            "[bold green]demo passed[/bold green]" if ok else "[bold red]demo FAILED[/bold red]"
+        )
+        return 0 if ok else 1
+    except StackError as exc:
+        console.print(f"[red]stack error:[/red] {exc}")
+        return 1
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
