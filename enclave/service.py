@@ -58,7 +58,7 @@ METHOD_VERSION = "perf-aggregator/aggregates/v1"
 EMPTY_MERKLE_ROOT = hashlib.sha256(b"").hexdigest()
 """RFC 6962 section 2.1: the hash of an empty tree is SHA-256 of the empty string."""
 
-_EXCHANGE = re.compile(r"\A[a-z0-9][a-z0-9_.-]{0,31}\Z")
+_EXCHANGE = re.compile(r"\A[a-z][a-z0-9_]{0,31}\Z")  # a ccxt exchange id
 _MAX_LABEL = 64
 _METADATA_KEYS = frozenset({"exchange", "label", "ttl", "issued_at"})
 _RECORD_METADATA_KEYS = frozenset({"purpose", "label"})

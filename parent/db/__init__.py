@@ -1,0 +1,50 @@
+"""PostgreSQL storage for the untrusted parent. Side: parent.
+
+Schema migrations, the async store and an embedded server for development.
+
+Holds only ciphertext and public data (DESIGN.md section 6). ``Store`` is the async
+adapter the API uses; ``migrate`` applies ``migrations/NNNN_*.sql``; ``embedded``
+runs a local PostgreSQL through pgserver when no ``DATABASE_URL`` is configured
+(imported on demand, not here, because importing pgserver has side effects).
+``migrate`` is not re-exported: the name would shadow the ``parent.db.migrate`` module.
+"""
+
+from __future__ import annotations
+
+from parent.db.errors import (
+    Conflict,
+    InvalidData,
+    MigrationError,
+    ReplayedEnvelope,
+    SessionNotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from parent.db.store import (
+    AggregateRow,
+    LiveCredential,
+    RecordMeta,
+    RecordRow,
+    SessionRow,
+    Store,
+    StoredCredentials,
+    hash_session_id,
+)
+
+__all__ = [
+    "AggregateRow",
+    "Conflict",
+    "InvalidData",
+    "LiveCredential",
+    "MigrationError",
+    "RecordMeta",
+    "RecordRow",
+    "ReplayedEnvelope",
+    "SessionNotFound",
+    "SessionRow",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "StoredCredentials",
+    "hash_session_id",
+]

@@ -1,0 +1,1 @@
+"""perf-aggregator test suite (a package so that ``tests.support`` helpers import cleanly)."""

@@ -1,0 +1,1 @@
+"""Test helpers shipped as fakes and fixtures: real PostgreSQL, leak scanning. Side: tests."""

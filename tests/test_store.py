@@ -1,0 +1,607 @@
+"""The PostgreSQL store keeps only ciphertext and public data, atomically. Side: parent."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+import parent.db
+from parent.db import (
+    AggregateRow,
+    Conflict,
+    InvalidData,
+    RecordMeta,
+    ReplayedEnvelope,
+    SessionNotFound,
+    Store,
+    StoredCredentials,
+    StoreUnavailable,
+    hash_session_id,
+)
+from parent.db.embedded import EmbeddedPostgres
+from shared.encoding import b64encode, canonical_json
+from tests.support.leakscan import LeakScanner
+from tests.support.postgres import PgDatabase, pg_dump, row_counts
+
+NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+
+
+def b64(size: int) -> str:
+    return b64encode(os.urandom(size))
+
+
+def envelope(**changes: Any) -> StoredCredentials:
+    """A well-formed x25519-hkdf-sha256-aes256gcm envelope with random bytes."""
+    fields: dict[str, Any] = {
+        "alg": "x25519-hkdf-sha256-aes256gcm",
+        "ephemeral_pub": b64(32),
+        "nonce": b64(12),
+        "ciphertext": b64(120),
+        "tag": b64(16),
+        "metadata": {"exchange": "binance", "label": "main", "ttl": 3600},
+    }
+    fields.update(changes)
+    return StoredCredentials(**fields)
+
+
+async def new_session(
+    store: Store,
+    *,
+    session_id: str | None = None,
+    expires_at: datetime = NOW + HOUR,
+    envelope_digest: bytes | None = None,
+    credentials: StoredCredentials | None = None,
+    exchange: str = "binance",
+    label: str = "main",
+) -> bytes:
+    """Create a session; return its hash."""
+    session_hash = hash_session_id(session_id or secrets.token_urlsafe(32))
+    await store.create_session(
+        session_hash=session_hash,
+        exchange=exchange,
+        label=label,
+        expires_at=expires_at,
+        envelope_digest=envelope_digest or os.urandom(32),
+        owner_pub=b64(32),
+        credentials=credentials or envelope(),
+        request_id=f"req-{secrets.token_hex(4)}",
+    )
+    return session_hash
+
+
+def admin_query(db: PgDatabase, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with psycopg.connect(db.admin_conninfo) as conn:
+        return conn.execute(query.encode(), params).fetchall()
+
+
+def session_row_counts(db: PgDatabase, session_hash: bytes) -> dict[str, int]:
+    """Rows per child table that belong to the session with that hash (via its id)."""
+    counts: dict[str, int] = {}
+    with psycopg.connect(db.admin_conninfo) as conn:
+        ids = [
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM sessions WHERE session_hash = %s", (session_hash,)
+            )
+        ]
+        counts["sessions"] = len(ids)
+        for table in ("credentials", "aggregates", "merkle_logs", "ops_logs", "records"):
+            row = conn.execute(
+                sql.SQL("SELECT count(*) FROM {} WHERE session_id = ANY(%s)").format(
+                    sql.Identifier(table)
+                ),
+                (ids,),
+            ).fetchone()
+            counts[table] = int(row[0]) if row else 0
+    return counts
+
+
+async def fill_session(store: Store, db: PgDatabase, session_hash: bytes) -> None:
+    """Give a session a row in every child table."""
+    await store.store_aggregate(session_hash, seq=0, payload={"pnl": "1.5"}, signature=b64(64))
+    await store.append_op(session_hash, op="poll", request_id="r-1", details={"calls": 3})
+    await store.insert_record(session_hash, record_id=uuid.uuid4(), label="notes", sealed=b64(200))
+    # merkle_logs has no store method yet (a later issue): write it as the admin.
+    with psycopg.connect(db.admin_conninfo) as conn:
+        conn.execute(
+            """
+            INSERT INTO merkle_logs (session_id, tree_size, root_hash, signed_tree_head)
+            SELECT id, 1, %s, '{"sth": 1}' FROM sessions WHERE session_hash = %s
+            """,
+            (os.urandom(32), session_hash),
+        )
+
+
+def test_public_api_is_exactly_all() -> None:
+    """parent.db exports exactly its documented public names."""
+    public = {name for name in dir(parent.db) if not name.startswith("_")}
+    submodules = {"errors", "store", "migrate", "embedded", "annotations"}
+    assert set(parent.db.__all__) == public - submodules
+
+
+# -- sessions -------------------------------------------------------------------------
+
+
+async def test_create_and_get_session(store: Store, pg_db: PgDatabase) -> None:
+    """A created session reads back with its public fields, envelope and a submit ops entry."""
+    credentials = envelope()
+    owner_pub = b64(32)
+    session_hash = hash_session_id("a-session-id-of-enough-entropy")
+    await store.create_session(
+        session_hash=session_hash,
+        exchange="kraken",
+        label="main account",
+        expires_at=NOW + HOUR,
+        envelope_digest=os.urandom(32),
+        owner_pub=owner_pub,
+        credentials=credentials,
+        request_id="req-create-1",
+    )
+    row = await store.get_session(session_hash, now=NOW)
+    assert row is not None
+    assert (row.session_hash, row.exchange, row.label, row.status, row.owner_pub) == (
+        session_hash,
+        "kraken",
+        "main account",
+        "active",
+        owner_pub,
+    )
+    assert row.expires_at == NOW + HOUR
+    [live] = await store.list_live_credentials(now=NOW)
+    assert live.credentials == credentials
+    assert live.session_hash == session_hash
+    ops = admin_query(pg_db, "SELECT op, request_id, details FROM ops_logs")
+    assert ops == [("submit", "req-create-1", {"exchange": "kraken"})]
+
+
+async def test_get_session_none_when_missing_or_expired(store: Store) -> None:
+    """Unknown hashes and sessions past their expiry read as None."""
+    session_hash = await new_session(store, expires_at=NOW + HOUR)
+    assert await store.get_session(hash_session_id("never-created-id"), now=NOW) is None
+    assert await store.get_session(session_hash, now=NOW + HOUR) is None
+    assert await store.get_session(session_hash, now=NOW + HOUR - timedelta(seconds=1))
+
+
+async def test_replayed_envelope_is_refused_and_nothing_half_stored(
+    store: Store, pg_db: PgDatabase
+) -> None:
+    """A second session with the same envelope digest raises ReplayedEnvelope and stores nothing."""
+    digest = os.urandom(32)
+    await new_session(store, envelope_digest=digest)
+    before = row_counts(pg_db.admin_conninfo)
+    replay_hash = hash_session_id(secrets.token_urlsafe(32))
+    with pytest.raises(ReplayedEnvelope) as caught:
+        await store.create_session(
+            session_hash=replay_hash,
+            exchange="binance",
+            label="main",
+            expires_at=NOW + HOUR,
+            envelope_digest=digest,
+            owner_pub=None,
+            credentials=envelope(),
+            request_id="req-replay",
+        )
+    assert isinstance(caught.value, Conflict)
+    assert caught.value.__context__ is None
+    assert digest.hex() not in str(caught.value)
+    assert row_counts(pg_db.admin_conninfo) == before
+    assert await store.get_session(replay_hash, now=NOW) is None
+
+
+BAD_BASE64 = [
+    pytest.param("not base64!", id="bad-characters"),
+    pytest.param("QUJD\nREVG", id="newline"),
+    pytest.param("QUI", id="missing-padding"),
+    pytest.param("QUJ=", id="nonzero-trailing-bits"),
+    pytest.param("QUJDRA", id="unpadded"),
+    pytest.param("", id="empty"),
+    pytest.param("A" * 30_000, id="oversized"),
+]
+# HPKE algs carry an empty nonce (RFC 9180 derives it), so "" is valid there only.
+BAD_FIELD_VALUES = [
+    pytest.param(field, bad.values[0], id=f"{field}-{bad.id}")
+    for field in ("ephemeral_pub", "nonce", "ciphertext", "tag")
+    for bad in BAD_BASE64
+    if not (field == "nonce" and bad.values[0] == "")
+]
+
+
+@pytest.mark.parametrize(("field", "bad"), BAD_FIELD_VALUES)
+async def test_invalid_base64_is_refused_and_nothing_stored(
+    store: Store, pg_db: PgDatabase, field: str, bad: str
+) -> None:
+    """A non-canonical or oversized base64 field raises InvalidData and no table changes."""
+    await new_session(store)
+    before = row_counts(pg_db.admin_conninfo)
+    session_id = secrets.token_urlsafe(32)
+    with pytest.raises(InvalidData) as caught:
+        await new_session(store, session_id=session_id, credentials=envelope(**{field: bad}))
+    # No chained psycopg error: its DETAIL would carry the refused row into tracebacks.
+    assert caught.value.__cause__ is None
+    assert caught.value.__context__ is None
+    assert f"credentials_{field}_base64" in str(caught.value)
+    assert row_counts(pg_db.admin_conninfo) == before
+    assert await store.get_session(hash_session_id(session_id), now=NOW) is None
+
+
+async def test_hpke_envelope_with_empty_nonce_is_stored(store: Store) -> None:
+    """An HPKE envelope (empty nonce, issued_at in metadata) is accepted as ciphertext."""
+    session_id = secrets.token_urlsafe(32)
+    credentials = envelope(
+        alg="hpke-x25519-sha256-aes256gcm",
+        nonce="",
+        metadata={"exchange": "binance", "label": "main", "ttl": 3600, "issued_at": 1},
+    )
+    await new_session(store, session_id=session_id, credentials=credentials)
+    assert await store.get_session(hash_session_id(session_id), now=NOW) is not None
+
+
+@pytest.mark.parametrize(
+    ("changes", "constraint"),
+    [
+        pytest.param({"exchange": "Binance Pro"}, "sessions_exchange_format", id="exchange"),
+        pytest.param({"label": "x" * 65}, "sessions_label_format", id="long-label"),
+        pytest.param({"label": "a\nb"}, "sessions_label_format", id="control-in-label"),
+        pytest.param(
+            {"credentials": envelope(metadata={"exchange": "binance", "apiKey": "LEAKME-1234"})},
+            "credentials_metadata_shape",
+            id="secret-in-metadata",
+        ),
+        pytest.param(
+            {"credentials": envelope(alg="X25519 HKDF")}, "credentials_alg_format", id="alg"
+        ),
+    ],
+)
+async def test_invalid_values_refused_without_echoing_them(
+    store: Store, pg_db: PgDatabase, changes: dict[str, Any], constraint: str
+) -> None:
+    """Constraint failures name the constraint, never the refused value, and store nothing."""
+    with pytest.raises(InvalidData) as caught:
+        await new_session(store, **changes)
+    message = str(caught.value)
+    assert constraint in message
+    for value in ("Binance Pro", "xxxxxxxx", "LEAKME", "X25519 HKDF"):
+        assert value not in message
+    assert row_counts(pg_db.admin_conninfo)["sessions"] == 0
+
+
+async def test_session_hash_and_digest_must_be_sha256(store: Store) -> None:
+    """A session hash or envelope digest that is not 32 bytes is refused."""
+    with pytest.raises(InvalidData, match="sessions_session_hash_sha256"):
+        await store.create_session(
+            session_hash=b"clear-session-id-not-a-hash",
+            exchange="binance",
+            label="",
+            expires_at=NOW + HOUR,
+            envelope_digest=os.urandom(32),
+            owner_pub=None,
+            credentials=envelope(),
+            request_id="r",
+        )
+    with pytest.raises(InvalidData, match="sessions_envelope_digest_sha256"):
+        await new_session(store, envelope_digest=b"\x01" * 31)
+
+
+async def test_naive_datetimes_are_refused(store: Store) -> None:
+    """Times without a timezone are refused rather than read in the server's zone."""
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await store.get_session(os.urandom(32), now=datetime(2030, 1, 1))
+
+
+# -- revoke and purge -----------------------------------------------------------------
+
+
+async def test_revoke_removes_every_row_of_that_session_only(
+    store: Store, pg_db: PgDatabase
+) -> None:
+    """Revoke deletes the session's rows in every table and leaves another session intact."""
+    revoked = await new_session(store)
+    kept = await new_session(store)
+    await fill_session(store, pg_db, revoked)
+    await fill_session(store, pg_db, kept)
+    kept_before = session_row_counts(pg_db, kept)
+    assert all(count > 0 for count in session_row_counts(pg_db, revoked).values())
+
+    assert await store.revoke_session(revoked, request_id="req-revoke") is True
+
+    assert set(session_row_counts(pg_db, revoked).values()) == {0}
+    assert session_row_counts(pg_db, kept) == kept_before
+    assert await store.get_session(revoked, now=NOW) is None
+    assert await store.latest_aggregate(revoked) is None
+    assert await store.list_records(revoked) == []
+    # The audit trail keeps that a revoke happened, unlinked from the session.
+    audit = admin_query(pg_db, "SELECT session_id, request_id FROM ops_logs WHERE op = 'revoke'")
+    assert audit == [(None, "req-revoke")]
+    assert await store.revoke_session(revoked, request_id="req-again") is False
+
+
+async def test_purge_expired_removes_only_expired(store: Store, pg_db: PgDatabase) -> None:
+    """purge_expired deletes sessions expired at `now`, with their rows, and keeps the rest."""
+    expired = [await new_session(store, expires_at=NOW + n * HOUR) for n in (1, 2)]
+    live = [await new_session(store, expires_at=NOW + n * HOUR) for n in (3, 4)]
+    for session_hash in expired + live:
+        await fill_session(store, pg_db, session_hash)
+
+    assert await store.purge_expired(now=NOW + 2 * HOUR) == 2
+
+    for session_hash in expired:
+        assert set(session_row_counts(pg_db, session_hash).values()) == {0}
+    for session_hash in live:
+        assert session_row_counts(pg_db, session_hash)["credentials"] == 1
+    assert await store.count_active_sessions(now=NOW) == 2
+    assert await store.purge_expired(now=NOW + 2 * HOUR) == 0
+    purge_logs = admin_query(pg_db, "SELECT details FROM ops_logs WHERE op = 'purge'")
+    assert purge_logs == [({"sessions": 2},)]
+
+
+async def test_purge_drains_more_than_one_batch(store: Store, pg_db: PgDatabase) -> None:
+    """A backlog larger than one purge batch is removed completely in one call."""
+    admin_query(
+        pg_db,
+        """
+        INSERT INTO sessions (session_hash, exchange, label, expires_at, envelope_digest)
+        SELECT sha256(('s' || n)::bytea), 'binance', '', %s, sha256(('e' || n)::bytea)
+        FROM generate_series(1, 1234) AS n
+        RETURNING 1
+        """,
+        (NOW,),
+    )
+    await new_session(store, expires_at=NOW + HOUR)
+    assert await store.purge_expired(now=NOW) == 1234
+    assert await store.count_active_sessions(now=NOW) == 1
+
+
+async def test_count_active_sessions_and_ping(store: Store) -> None:
+    """count_active_sessions counts unexpired sessions at `now`; ping succeeds."""
+    await store.ping()
+    assert await store.count_active_sessions(now=NOW) == 0
+    await new_session(store, expires_at=NOW + HOUR)
+    await new_session(store, expires_at=NOW + 2 * HOUR)
+    assert await store.count_active_sessions(now=NOW) == 2
+    assert await store.count_active_sessions(now=NOW + HOUR) == 1
+
+
+async def test_list_live_credentials_skips_expired(store: Store) -> None:
+    """Only unexpired sessions' envelopes are listed, soonest expiry first."""
+    late = await new_session(store, expires_at=NOW + 3 * HOUR)
+    await new_session(store, expires_at=NOW - HOUR)
+    soon = await new_session(store, expires_at=NOW + HOUR)
+    live = await store.list_live_credentials(now=NOW)
+    assert [entry.session_hash for entry in live] == [soon, late]
+    assert [entry.expires_at for entry in live] == [NOW + HOUR, NOW + 3 * HOUR]
+
+
+# -- aggregates, ops, records ---------------------------------------------------------
+
+
+async def test_store_and_latest_aggregate(store: Store) -> None:
+    """The latest aggregate is the highest seq, and its payload canonicalises as signed."""
+    session_hash = await new_session(store)
+    assert await store.latest_aggregate(session_hash) is None
+    payloads = [
+        {"seq": n, "pnl": f"{n}.25", "sharpe": 1.5 + n, "trades": 10 * n, "from": "2030-01-01"}
+        for n in range(3)
+    ]
+    signatures = [b64(64) for _ in payloads]
+    for n, (payload, signature) in enumerate(zip(payloads, signatures, strict=True)):
+        await store.store_aggregate(session_hash, seq=n, payload=payload, signature=signature)
+    latest = await store.latest_aggregate(session_hash)
+    assert isinstance(latest, AggregateRow)
+    assert (latest.seq, latest.signature) == (2, signatures[2])
+    assert canonical_json(latest.payload) == canonical_json(payloads[2])
+
+
+async def test_aggregate_errors(store: Store) -> None:
+    """Duplicate seq is a Conflict, unknown session SessionNotFound, bad signature InvalidData."""
+    session_hash = await new_session(store)
+    await store.store_aggregate(session_hash, seq=0, payload={}, signature=b64(64))
+    with pytest.raises(Conflict, match="aggregates_session_seq_key"):
+        await store.store_aggregate(session_hash, seq=0, payload={}, signature=b64(64))
+    with pytest.raises(SessionNotFound):
+        await store.store_aggregate(os.urandom(32), seq=1, payload={}, signature=b64(64))
+    with pytest.raises(InvalidData, match="aggregates_signature_base64"):
+        await store.store_aggregate(session_hash, seq=1, payload={}, signature="sig!")
+
+
+async def test_append_op(store: Store, pg_db: PgDatabase) -> None:
+    """Ops entries are stored linked or unlinked; an unknown session is SessionNotFound."""
+    session_hash = await new_session(store)
+    await store.append_op(session_hash, op="aggregate", request_id="r-2", details={"ms": 12})
+    await store.append_op(None, op="startup", request_id=None, details={})
+    with pytest.raises(SessionNotFound):
+        await store.append_op(os.urandom(32), op="poll", request_id="r", details={})
+    with pytest.raises(InvalidData, match="ops_logs_request_id_format"):
+        await store.append_op(None, op="poll", request_id="has space", details={})
+    rows = admin_query(
+        pg_db, "SELECT session_id IS NOT NULL, op, request_id, details FROM ops_logs ORDER BY id"
+    )
+    assert rows[1:] == [(True, "aggregate", "r-2", {"ms": 12}), (False, "startup", None, {})]
+
+
+async def test_records(store: Store) -> None:
+    """Records are stored, fetched only by their own session, and listed as metadata."""
+    owner = await new_session(store)
+    other = await new_session(store)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    sealed = b64(96 * 1024)
+    await store.insert_record(owner, record_id=first, label="a", sealed=sealed)
+    await store.insert_record(owner, record_id=second, label="b", sealed=b64(10))
+
+    record = await store.get_record(first, owner)
+    assert record is not None
+    assert (record.id, record.label, record.sealed) == (first, "a", sealed)
+    assert await store.get_record(first, other) is None
+    listed = await store.list_records(owner)
+    assert {meta.id for meta in listed} == {first, second}
+    assert all(isinstance(meta, RecordMeta) and not hasattr(meta, "sealed") for meta in listed)
+    assert await store.list_records(other) == []
+
+    with pytest.raises(Conflict, match="records_pkey"):
+        await store.insert_record(owner, record_id=first, label="a", sealed=b64(10))
+    with pytest.raises(InvalidData, match="records_sealed_base64"):
+        await store.insert_record(
+            owner, record_id=uuid.uuid4(), label="big", sealed=b64(96 * 1024 + 3)
+        )
+    with pytest.raises(SessionNotFound):
+        await store.insert_record(os.urandom(32), record_id=uuid.uuid4(), label="x", sealed=b64(9))
+
+
+# -- roles ----------------------------------------------------------------------------
+
+
+async def test_operator_cannot_read_credentials_but_reads_sessions(
+    store: Store, pg_db: PgDatabase
+) -> None:
+    """operator_readonly is denied credentials and sealed bodies, and reads public tables."""
+    session_hash = await new_session(store)
+    await fill_session(store, pg_db, session_hash)
+    with psycopg.connect(pg_db.admin_conninfo, autocommit=True) as conn:
+        conn.execute("SET ROLE operator_readonly")
+        for denied in (
+            "SELECT * FROM credentials",
+            "SELECT sealed FROM records",
+            "SELECT * FROM records",
+            "INSERT INTO ops_logs (op) VALUES ('x')",
+            "DELETE FROM sessions",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(denied.encode())
+        assert conn.execute("SELECT count(*) FROM sessions").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM aggregates").fetchone() == (1,)
+        assert conn.execute("SELECT label FROM records").fetchone() == ("notes",)
+        assert conn.execute("SELECT count(*) FROM ops_logs").fetchone() == (2,)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DROP TABLE sessions",
+        "ALTER TABLE sessions DROP CONSTRAINT sessions_exchange_format",
+        "CREATE TABLE public.exfil (data text)",
+        "TRUNCATE credentials",
+        "UPDATE sessions SET expires_at = now()",
+        "DELETE FROM credentials",
+        "SELECT * FROM ops_logs",
+        "SET log_statement = 'all'",
+        "SET log_min_duration_statement = 0",
+        "ALTER ROLE app_service SET log_statement = 'all'",
+        "ALTER ROLE app_service SUPERUSER",
+        "CREATE ROLE intruder LOGIN",
+    ],
+)
+def test_app_service_cannot_run_ddl_or_escalate(pg_db: PgDatabase, statement: str) -> None:
+    """app_service is refused DDL, bulk rewrites, reading the ops log and re-enabling logging."""
+    with (
+        psycopg.connect(pg_db.app_conninfo, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute(statement.encode())
+
+
+# -- secrets never reach the database -------------------------------------------------
+
+
+async def test_clear_session_id_never_reaches_the_database(store: Store, pg_db: PgDatabase) -> None:
+    """Only the session hash is stored: the clear id is absent from pg_dump, data files and log."""
+    session_id = secrets.token_urlsafe(32)
+    session_hash = await new_session(store, session_id=session_id)
+    await fill_session(store, pg_db, session_hash)
+    dump = pg_dump(pg_db)
+
+    assert LeakScanner([session_id.encode()]).scan(dump, label="pg_dump") == []
+    # Positive control: the same scan does find what IS stored (the hash, as bytea hex).
+    assert LeakScanner([session_hash]).scan(dump, label="pg_dump")
+
+    data_dir = pg_db.cluster.data_dir
+    if data_dir is None:
+        pytest.skip("server data directory not on this machine")
+    with psycopg.connect(pg_db.admin_conninfo, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")  # push the rows into the table files too, not just WAL
+    assert LeakScanner([session_id.encode()]).scan(data_dir) == []
+    assert {f.form for f in LeakScanner([session_hash]).scan(data_dir)} >= {"raw"}
+
+
+async def test_refused_values_stay_out_of_the_server_log(store: Store, pg_db: PgDatabase) -> None:
+    """A refused row is not echoed into the server log (app_service logs errors tersely)."""
+    log_path = pg_db.cluster.log_path
+    if log_path is None:
+        pytest.skip("server log location unknown")
+    canary = "Q0FOQVJZ" + secrets.token_hex(8) + "!"  # invalid base64: the "!" at the end
+    with pytest.raises(InvalidData):
+        await new_session(store, credentials=envelope(ciphertext=canary))
+    log = log_path.read_bytes()
+    # Positive control: the error itself was logged, so the scan looks at the right file.
+    assert b"credentials_ciphertext_base64" in log
+    assert LeakScanner([canary.encode()]).scan(log, label="server log") == []
+
+
+# -- availability ---------------------------------------------------------------------
+
+
+async def test_open_fails_with_store_unavailable(tmp_path: Path) -> None:
+    """Opening a store on an unreachable database raises StoreUnavailable from the psycopg error."""
+    conninfo = f"host={tmp_path} dbname=perf_aggregator user=app_service"
+    with pytest.raises(StoreUnavailable) as caught:
+        await Store.open(conninfo, min_size=1, timeout_s=0.5)
+    assert isinstance(caught.value.__cause__, psycopg.OperationalError)
+
+
+async def test_calls_fail_with_store_unavailable_when_pool_cannot_connect(tmp_path: Path) -> None:
+    """A store whose pool cannot connect raises StoreUnavailable on use, chained to PoolTimeout."""
+    conninfo = f"host={tmp_path} dbname=perf_aggregator user=app_service"
+    store = await Store.open(conninfo, min_size=1, timeout_s=0.5, wait=False)
+    try:
+        with pytest.raises(StoreUnavailable) as caught:
+            await store.ping()
+        assert isinstance(caught.value.__cause__, psycopg.OperationalError)
+        with pytest.raises(StoreUnavailable):
+            await new_session(store)
+    finally:
+        await store.close()
+
+
+async def test_store_survives_killed_connections(store: Store, pg_db: PgDatabase) -> None:
+    """After the server drops every app connection, the next call reconnects and succeeds."""
+    await store.ping()
+    admin_query(
+        pg_db,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND usename = 'app_service'",
+    )
+    await store.ping()
+    assert await store.count_active_sessions(now=NOW) == 0
+
+
+async def test_embedded_server_lifecycle(tmp_path: Path) -> None:
+    """EmbeddedPostgres starts without TCP, migrates, serves app_service; stopped, it is a 503."""
+    embedded = EmbeddedPostgres(tmp_path / "state")
+    conninfo = embedded.start()
+    try:
+        with psycopg.connect(conninfo.admin) as conn:
+            assert conn.execute("SHOW listen_addresses").fetchone() == ("",)
+            assert conn.execute("SELECT current_database()").fetchone() == ("perf_aggregator",)
+        assert (embedded.data_dir / ".s.PGSQL.5432").is_socket()
+        assert b"listening on Unix socket" in embedded.log_path.read_bytes()
+        store = await Store.open(conninfo.app, min_size=1, timeout_s=1.0)
+        try:
+            await new_session(store)
+            assert await store.count_active_sessions(now=NOW) == 1
+            # start() again is idempotent: same server, same conninfo, nothing to migrate.
+            assert embedded.start() == conninfo
+            embedded.stop()
+            with pytest.raises(StoreUnavailable):
+                await store.ping()
+        finally:
+            await store.close()
+    finally:
+        embedded.stop()
+    assert not (embedded.data_dir / "postmaster.pid").exists()
