@@ -44,6 +44,9 @@ class EnclaveConfig:
     # MAX_TTL_SECONDS (604800 = 7 days, the seed default): longest session lifetime a
     # client may ask for. Credentials are forgotten at expiry.
     max_ttl_seconds: int = 604_800
+    # MIN_TTL_SECONDS (60): shortest session lifetime. Lowered only by tests that
+    # watch expiry happen; production keeps the default.
+    min_ttl_seconds: int = 60
     # PENDING_TTL_SECONDS (60): a submitted session not confirmed by the parent (its
     # database write failed) is discarded after this long.
     pending_ttl_seconds: int = 60
@@ -102,12 +105,15 @@ class EnclaveConfig:
             rpc_port=integer("ENCLAVE_RPC_PORT", 5000, 1, 0xFFFFFFFE),
             state_dir=Path(env.get("STATE_DIR", ".run")),
             max_ttl_seconds=integer("MAX_TTL_SECONDS", 604_800, 60, 366 * 86_400),
+            min_ttl_seconds=integer("MIN_TTL_SECONDS", 60, 1, 86_400),
             pending_ttl_seconds=integer("PENDING_TTL_SECONDS", 60, 1, 3600),
             max_envelope_age_seconds=integer("MAX_ENVELOPE_AGE_SECONDS", 600, 10, 86_400),
             enable_pq=enable_pq == "1",
             purge_interval_seconds=float(integer("PURGE_INTERVAL_SECONDS", 5, 1, 3600)),
             log_level=env.get("LOG_LEVEL", "INFO"),
         )
+        if config.min_ttl_seconds > config.max_ttl_seconds:
+            raise ValueError("MIN_TTL_SECONDS must not exceed MAX_TTL_SECONDS")
         if transport == "tcp-sim" and config.rpc_address not in port_map:
             raise ValueError(f"VSOCK_PORT_MAP has no entry for {config.rpc_address}")
         return config

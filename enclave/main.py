@@ -64,6 +64,7 @@ async def run(config: EnclaveConfig, *, stop: asyncio.Event | None = None) -> No
         pcr0=pcr0,
         limits=ServiceLimits(
             max_ttl_seconds=config.max_ttl_seconds,
+            min_ttl_seconds=config.min_ttl_seconds,
             pending_ttl_seconds=config.pending_ttl_seconds,
             max_envelope_age_seconds=config.max_envelope_age_seconds,
         ),

@@ -1,0 +1,53 @@
+"""Enclave configuration: explicit adapters, fail-closed production mode, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from enclave.config import EnclaveConfig, Mode
+from shared.io.transport import VsockAddress
+
+SIM = {"ENCLAVE_TRANSPORT": "tcp-sim", "VSOCK_PORT_MAP": "16:5000=15000"}
+
+
+def test_simulator_defaults() -> None:
+    """With only the port map, the enclave runs in simulator mode with the seed's defaults."""
+    config = EnclaveConfig.from_env(SIM)
+    assert config.mode is Mode.SIMULATOR
+    assert config.rpc_address == VsockAddress(cid=16, port=5000)
+    assert config.max_ttl_seconds == 604_800
+    assert config.min_ttl_seconds == 60
+    assert config.enable_pq is True
+
+
+def test_production_refuses_the_tcp_simulator() -> None:
+    """Production mode with the TCP transport is a configuration error, not a fallback."""
+    with pytest.raises(ValueError, match="production mode requires ENCLAVE_TRANSPORT=vsock"):
+        EnclaveConfig.from_env({**SIM, "ENCLAVE_MODE": "production"})
+
+
+def test_production_with_vsock_is_accepted() -> None:
+    """Production + vsock + no port map is the Nitro configuration."""
+    config = EnclaveConfig.from_env({"ENCLAVE_MODE": "production", "ENCLAVE_TRANSPORT": "vsock"})
+    assert config.mode is Mode.PRODUCTION
+    assert config.transport == "vsock"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ENCLAVE_MODE": "auto"}, "ENCLAVE_MODE"),
+        ({"ENCLAVE_TRANSPORT": "tcp"}, "ENCLAVE_TRANSPORT"),
+        ({"VSOCK_PORT_MAP": ""}, "needs VSOCK_PORT_MAP"),
+        ({"VSOCK_PORT_MAP": "16:5001=15000"}, "no entry for vsock:16:5000"),
+        ({"MAX_TTL_SECONDS": "ten"}, "MAX_TTL_SECONDS must be an integer"),
+        ({"MAX_TTL_SECONDS": "5"}, "MAX_TTL_SECONDS must be between"),
+        ({"MIN_TTL_SECONDS": "0"}, "MIN_TTL_SECONDS must be between"),
+        ({"MIN_TTL_SECONDS": "86400", "MAX_TTL_SECONDS": "3600"}, "must not exceed"),
+        ({"ENABLE_PQ": "yes"}, "ENABLE_PQ"),
+    ],
+)
+def test_invalid_settings_name_the_variable(env: dict[str, str], message: str) -> None:
+    """Each invalid value fails at start with a message naming the variable."""
+    with pytest.raises(ValueError, match=message):
+        EnclaveConfig.from_env({**SIM, **env})
