@@ -1,0 +1,276 @@
+"""Session endpoints: submit, aggregates, revoke, metrics, summary, log. Side: parent.
+
+Submitting credentials never leaves anything half-stored::
+
+    client --submit_key--> parent --Submit--> enclave      pending session (memory)
+                           parent --create_session--> DB   one statement: session,
+                                                           ciphertext, ops entry
+                           parent --Confirm(commit)--> enclave   session goes live
+    DB refuses (replay 409, constraint 400, down 503) -> Confirm(commit=False), nothing stored
+    Confirm fails                                     -> DB rows deleted, 503
+
+The parent stores only the envelope exactly as submitted (ciphertext it cannot
+open) and SHA-256 of the session id; the clear id goes back to the client only.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import structlog
+from aiohttp import web
+
+from parent.api.errors import ApiError, json_response
+from parent.api.services import REQUEST_ID, SERVICES, Services
+from parent.api.validation import (
+    check_session_metadata,
+    only_fields,
+    owner_proof_from_body,
+    parse_envelope,
+    read_json_object,
+    require_session_id,
+)
+from parent.db.errors import StoreError
+from parent.db.store import StoredCredentials
+from parent.enclave_client import EnclaveClientError, EnclaveRefused
+from shared import protocol as p
+from shared.envelope import envelope_digest
+from shared.ids import is_session_id, session_hash
+
+__all__ = [
+    "REVOKED_MESSAGE",
+    "request_aggregates",
+    "revoke",
+    "rfc3339",
+    "session_logs",
+    "session_metrics",
+    "session_summary",
+    "submit_key",
+]
+
+log = structlog.get_logger("parent.sessions")
+
+_SESSION_FIELDS: Final = frozenset({"session_id"})
+_REVOKE_FIELDS: Final = frozenset({"session_id", "timestamp", "signature"})
+REVOKED_MESSAGE: Final = "Session revoked and data purged"
+
+
+def rfc3339(when: datetime) -> str:
+    """``2026-01-02T03:04:05Z``: RFC 3339, UTC, whole seconds."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def _discard_pending(services: Services, session_id: str) -> None:
+    """Best effort: tell the enclave to drop a pending session we did not store.
+
+    If this fails too, the enclave drops the pending session by itself when its
+    pending deadline passes, so nothing secret outlives the failed request for long.
+    """
+    try:
+        await services.enclave_call(
+            "confirm", p.Confirm(request_id=0, session_id=session_id, commit=False), p.ConfirmReply
+        )
+    except EnclaveClientError as exc:
+        log.warning("discard_pending_failed", error_type=type(exc).__name__)
+
+
+async def submit_key(request: web.Request) -> web.Response:
+    """POST /enclave/submit_key: open a session from a credential envelope (201)."""
+    services = request.app[SERVICES]
+    request_id = request[REQUEST_ID]
+    body = await read_json_object(request, max_bytes=services.config.max_body_bytes)
+    envelope = parse_envelope(body, where="body")  # refuses unknown fields too
+    check_session_metadata(
+        envelope.metadata,
+        min_ttl=services.config.min_ttl_seconds,
+        max_ttl=services.config.max_ttl_seconds,
+    )
+    with services.audit("credentials.submit") as audit:
+        reply = await services.enclave_call(
+            "submit",
+            p.Submit(
+                request_id=0,
+                alg=envelope.alg,
+                ephemeral_pub=envelope.ephemeral_pub,
+                nonce=envelope.nonce,
+                ciphertext=envelope.ciphertext,
+                tag=envelope.tag,
+                metadata=envelope.metadata,
+            ),
+            p.SubmitReply,
+        )
+        if not is_session_id(reply.session_id):
+            # Not an id we could ever look up again: refuse to store anything.
+            log.error("enclave_bad_session_id")
+            raise ApiError(500, "internal", "internal error")
+        audit.session_id = reply.session_id
+        digest = session_hash(reply.session_id)
+        wire = envelope.to_wire()
+        try:
+            expires_at = datetime.fromtimestamp(reply.expires_at, UTC)
+            await services.store.create_session(
+                session_hash=digest,
+                exchange=reply.exchange,
+                label=reply.label,
+                expires_at=expires_at,
+                envelope_digest=envelope_digest(envelope),
+                # The owner key travels inside the ciphertext; only the enclave knows it.
+                owner_pub=None,
+                credentials=StoredCredentials(
+                    alg=wire["alg"],
+                    ephemeral_pub=wire["ephemeral_pub"],
+                    nonce=wire["nonce"],
+                    ciphertext=wire["ciphertext"],
+                    tag=wire["tag"],
+                    metadata=wire["metadata"],
+                ),
+                request_id=request_id,
+            )
+        except BaseException:
+            # Replay (409), constraint (400), database down (503), a bad expiry from the
+            # enclave (500) or cancellation: nothing was stored, so drop the pending session.
+            await _discard_pending(services, reply.session_id)
+            raise
+        try:
+            await services.enclave_call(
+                "confirm",
+                p.Confirm(request_id=0, session_id=reply.session_id, commit=True),
+                p.ConfirmReply,
+            )
+        except EnclaveClientError as exc:
+            # The enclave will never serve this session: take back what we stored.
+            try:
+                await services.store.revoke_session(digest, request_id=request_id)
+            except StoreError as cleanup:
+                # Rows stay until the TTL purge; they hold ciphertext only.
+                log.error("submit_rollback_failed", error_type=type(cleanup).__name__)
+            raise ApiError(
+                503, "unavailable", "the enclave did not confirm the session; nothing was kept"
+            ) from exc
+        services.metrics.active_sessions.inc()
+    # The session id is a bearer secret: return it once, never store or log it.
+    return json_response(
+        {"session_id": reply.session_id, "expires_at": rfc3339(expires_at)}, status=201
+    )
+
+
+async def request_aggregates(request: web.Request) -> web.Response:
+    """POST /enclave/request_aggregates: a newly signed report for the session."""
+    services = request.app[SERVICES]
+    request_id = request[REQUEST_ID]
+    body = await read_json_object(request, max_bytes=services.config.max_body_bytes)
+    only_fields(body, _SESSION_FIELDS)
+    session_id = require_session_id(body.get("session_id"))
+    digest = session_hash(session_id)
+    with services.audit("aggregates.request", session_id):
+        reply = await services.enclave_call(
+            "aggregates", p.Aggregates(request_id=0, session_id=session_id), p.AggregatesReply
+        )
+        seq = reply.payload.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            # The enclave numbers its reports; without a number, continue our own.
+            latest = await services.store.latest_aggregate(digest)
+            seq = 0 if latest is None else latest.seq + 1
+        await services.store.store_aggregate(
+            digest, seq=seq, payload=reply.payload, signature=reply.signature
+        )
+        await services.store.append_op(
+            digest, op="aggregates", request_id=request_id, details={"seq": seq}
+        )
+    return json_response(
+        {
+            "aggregates_signed": {"signature": reply.signature, "payload": reply.payload},
+            "merkle_root": reply.merkle_root,
+            "logs_url": f"/api/logs/{session_id}",
+        }
+    )
+
+
+async def revoke(request: web.Request) -> web.Response:
+    """POST /enclave/revoke: end the session in the enclave, then delete every row of it."""
+    services = request.app[SERVICES]
+    request_id = request[REQUEST_ID]
+    body = await read_json_object(request, max_bytes=services.config.max_body_bytes)
+    only_fields(body, _REVOKE_FIELDS)
+    session_id = require_session_id(body.get("session_id"))
+    proof = owner_proof_from_body(body)
+    with services.audit("session.revoke", session_id):
+        enclave_knew = True
+        try:
+            await services.enclave_call(
+                "revoke",
+                p.Revoke(
+                    request_id=0,
+                    session_id=session_id,
+                    proof_timestamp=proof.timestamp,
+                    proof_signature=proof.signature,
+                ),
+                p.RevokeReply,
+            )
+        except EnclaveRefused as exc:
+            if exc.code is not p.ErrorCode.NOT_FOUND:
+                raise  # forbidden (owner proof), unavailable, ...: the database is untouched
+            # Expired or lost in an enclave restart: the stored ciphertext goes anyway.
+            enclave_knew = False
+        existed = await services.store.revoke_session(
+            session_hash(session_id), request_id=request_id
+        )
+        if not existed and not enclave_knew:
+            raise ApiError(404, "not_found", "unknown, expired or revoked session")
+        if existed:
+            services.metrics.active_sessions.dec()
+    return json_response({"success": True, "message": REVOKED_MESSAGE})
+
+
+def _path_session_id(request: web.Request) -> str:
+    return require_session_id(request.match_info["session_id"], where="path parameter 'session_id'")
+
+
+async def session_metrics(request: web.Request) -> web.Response:
+    """GET /enclave/metrics/{session_id}: the enclave's detailed metrics."""
+    services = request.app[SERVICES]
+    session_id = _path_session_id(request)
+    with services.audit("metrics.read", session_id):
+        reply = await services.enclave_call(
+            "metrics", p.SessionMetrics(request_id=0, session_id=session_id), p.MetricsReply
+        )
+    return json_response(reply.metrics)
+
+
+async def session_summary(request: web.Request) -> web.Response:
+    """GET /enclave/summary/{session_id}: headline figures and polling state."""
+    services = request.app[SERVICES]
+    session_id = _path_session_id(request)
+    with services.audit("summary.read", session_id):
+        reply = await services.enclave_call(
+            "summary", p.Summary(request_id=0, session_id=session_id), p.SummaryReply
+        )
+    return json_response(reply.summary)
+
+
+def _entry(op: str, at: datetime, request_id: str | None) -> dict[str, Any]:
+    return {"op": op, "at": at.astimezone(UTC).isoformat(), "request_id": request_id}
+
+
+async def session_logs(request: web.Request) -> web.Response:
+    """GET /api/logs/{session_id}: the session's ops-log entries, oldest first.
+
+    ``tree_head`` is null until the transparency log (Merkle inclusion proofs and a
+    signed tree head, RFC 6962) lands; then each entry gains its proof.
+    """
+    services = request.app[SERVICES]
+    session_id = _path_session_id(request)
+    digest = session_hash(session_id)
+    with services.audit("logs.read", session_id):
+        if await services.store.get_session(digest, now=services.clock()) is None:
+            raise ApiError(404, "not_found", "unknown, expired or revoked session")
+        if services.session_log is None:
+            raise ApiError(501, "unsupported", "the session log is not available in this build")
+        entries = await services.session_log.list_session_ops(digest)
+    return json_response(
+        {
+            "session_log": [_entry(e.op, e.at, e.request_id) for e in entries],
+            "tree_head": None,
+        }
+    )

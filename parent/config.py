@@ -1,0 +1,245 @@
+"""The parent process configuration, read once from the environment. Side: parent.
+
+``ParentConfig.from_env`` is the only place in the parent that reads environment
+variables; the composition root (``parent.main``) builds one config and hands its
+fields to whatever needs them. Validation happens here, at start, and every refusal
+is a ``ConfigError`` naming the variable (never echoing a value that could be a
+secret, such as a DATABASE_URL with a password).
+
+Variable names follow the seeds (000/001: ENCLAVE_PORT is the HTTPS port,
+RATE_LIMIT_WINDOW is in milliseconds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from psycopg import ProgrammingError
+from psycopg.conninfo import conninfo_to_dict
+
+from shared.errors import PerfAggError
+from shared.io.transport import VsockAddress, parse_port_map
+
+__all__ = ["DEFAULT_SIM_TCP_PORT", "ConfigError", "Mode", "ParentConfig"]
+
+DEFAULT_SIM_TCP_PORT = 15000
+"""TCP port standing in for the enclave's RPC address when VSOCK_PORT_MAP is unset (tcp-sim)."""
+
+_LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
+# scheme://host[:port], nothing else: an Origin header never carries a path.
+_ORIGIN = re.compile(r"\A(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?\Z")
+
+
+class ConfigError(PerfAggError, ValueError):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+
+class Mode(enum.StrEnum):
+    """Production refuses every development shortcut; development is the default."""
+
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParentConfig:
+    """Validated settings of the parent process (one per process)."""
+
+    # MODE (default "development"). Production refuses the tcp-sim transport and
+    # generated TLS certificates. Security: fail closed, nothing is guessed from the host.
+    mode: Mode = Mode.DEVELOPMENT
+    # HOST (default 127.0.0.1): IP address the HTTPS API binds to. Security: loopback
+    # by default; exposing the API is an explicit decision (an IP literal, no names).
+    host: str = "127.0.0.1"
+    # ENCLAVE_PORT (default 3000, the seed's name): TCP port of the HTTPS API.
+    port: int = 3000
+    # DATABASE_URL (default unset = embedded PostgreSQL under STATE_DIR/pgdata). The
+    # app_service role's conninfo; migrations are run separately with an admin URL.
+    # Security: may hold a password, so it is never logged or echoed in errors.
+    database_url: str | None = field(default=None, repr=False)
+    # MAX_TTL_SECONDS (default 604800 = 7 days): longest session a client may ask for.
+    # Security: bounds how long credential ciphertext is kept.
+    max_ttl_seconds: int = 604_800
+    # MIN_TTL_SECONDS (default 60): shortest session a client may ask for; the same
+    # variable the enclave reads. Lowered only by tests that watch expiry happen.
+    min_ttl_seconds: int = 60
+    # RATE_LIMIT_MAX (default 100) requests per RATE_LIMIT_WINDOW per client IP.
+    rate_limit_max: int = 100
+    # RATE_LIMIT_WINDOW (default 900000 ms = 15 min, in milliseconds as in the seed).
+    rate_limit_window_ms: int = 900_000
+    # ALLOWED_ORIGINS (default empty = no cross-origin access): comma-separated origins
+    # (scheme://host[:port]). Security: '*' and 'null' are refused; production
+    # requires https origins.
+    allowed_origins: frozenset[str] = frozenset()
+    # STATE_DIR (default .run): dev TLS files (tls/) and the embedded PostgreSQL
+    # (pgdata/). Security: created 0700.
+    state_dir: Path = Path(".run")
+    # TLS_CERT_FILE / TLS_KEY_FILE (default unset = generate a dev CA and certificate
+    # in STATE_DIR/tls). Security: required in production; both or neither.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # TRANSPORT (default "tcp-sim"): "vsock" (Nitro hosts) or "tcp-sim" (vsock
+    # simulated over 127.0.0.1). Security: chosen explicitly, never probed;
+    # production refuses tcp-sim.
+    transport: Literal["vsock", "tcp-sim"] = "tcp-sim"
+    # VSOCK_PORT_MAP (tcp-sim only; default "ENCLAVE_CID:ENCLAVE_RPC_PORT=15000"):
+    # "CID:PORT=TCPPORT,...", the same table the enclave process is given. Must map
+    # the enclave's RPC address. Security: the simulator only ever uses 127.0.0.1.
+    vsock_port_map: Mapping[VsockAddress, int] = field(default_factory=dict)
+    # ENCLAVE_CID (default 16): the enclave's vsock context id (>= 4; 0-3 are reserved
+    # for the hypervisor, loopback, host and the parent).
+    enclave_cid: int = 16
+    # ENCLAVE_RPC_PORT (default 5000): vsock port of the enclave's RPC server.
+    enclave_rpc_port: int = 5000
+    # MAX_BODY_BYTES (default 65536): largest request body accepted (413 above).
+    # Security: bounds memory per request; the largest envelope is about 23 KB.
+    max_body_bytes: int = 65_536
+    # PURGE_INTERVAL_SECONDS (default 60): how often expired sessions are deleted.
+    # Security: upper bound on how long expired ciphertext outlives its TTL.
+    purge_interval_seconds: int = 60
+    # LOG_LEVEL (default INFO). Logs never carry bodies, paths or session ids.
+    log_level: str = "INFO"
+
+    @property
+    def enclave_address(self) -> VsockAddress:
+        """The vsock address of the enclave's RPC server."""
+        return VsockAddress(cid=self.enclave_cid, port=self.enclave_rpc_port)
+
+    @property
+    def rate_limit_window_seconds(self) -> float:
+        """RATE_LIMIT_WINDOW in seconds."""
+        return self.rate_limit_window_ms / 1000
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ParentConfig:
+        """Build and validate from environment variables; ``ConfigError`` names the bad one."""
+        env = os.environ if environ is None else environ
+
+        def text(name: str) -> str | None:
+            raw = env.get(name)
+            return None if raw is None or raw.strip() == "" else raw.strip()
+
+        def integer(name: str, default: int, low: int, high: int) -> int:
+            raw = text(name)
+            if raw is None:
+                return default
+            if not re.fullmatch(r"[0-9]+", raw):
+                raise ConfigError(f"{name} must be a whole number from {low} to {high}")
+            value = int(raw)
+            if not low <= value <= high:
+                raise ConfigError(f"{name} must be from {low} to {high}")
+            return value
+
+        try:
+            mode = Mode(text("MODE") or Mode.DEVELOPMENT.value)
+        except ValueError:
+            raise ConfigError("MODE must be 'development' or 'production'") from None
+        production = mode is Mode.PRODUCTION
+
+        transport = text("TRANSPORT") or "tcp-sim"
+        if transport not in ("vsock", "tcp-sim"):
+            raise ConfigError("TRANSPORT must be 'vsock' or 'tcp-sim'")
+        if production and transport != "vsock":
+            raise ConfigError("MODE=production refuses TRANSPORT=tcp-sim; set TRANSPORT=vsock")
+        try:
+            port_map = parse_port_map(text("VSOCK_PORT_MAP") or "")
+        except ValueError as exc:
+            raise ConfigError(f"VSOCK_PORT_MAP: {exc}") from None
+        if transport == "vsock" and port_map:
+            raise ConfigError("VSOCK_PORT_MAP only applies to TRANSPORT=tcp-sim")
+
+        cert, key = text("TLS_CERT_FILE"), text("TLS_KEY_FILE")
+        if (cert is None) != (key is None):
+            raise ConfigError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+        if production and cert is None:
+            raise ConfigError(
+                "MODE=production refuses generated certificates; set TLS_CERT_FILE and TLS_KEY_FILE"
+            )
+
+        config = cls(
+            mode=mode,
+            host=_host(text("HOST") or "127.0.0.1"),
+            port=integer("ENCLAVE_PORT", 3000, 1, 65535),
+            database_url=_database_url(text("DATABASE_URL")),
+            max_ttl_seconds=integer("MAX_TTL_SECONDS", 604_800, 1, 366 * 86_400),
+            min_ttl_seconds=integer("MIN_TTL_SECONDS", 60, 1, 86_400),
+            rate_limit_max=integer("RATE_LIMIT_MAX", 100, 1, 1_000_000),
+            rate_limit_window_ms=integer("RATE_LIMIT_WINDOW", 900_000, 1000, 86_400_000),
+            allowed_origins=_origins(text("ALLOWED_ORIGINS") or "", production=production),
+            state_dir=Path(text("STATE_DIR") or ".run"),
+            tls_cert_file=None if cert is None else Path(cert),
+            tls_key_file=None if key is None else Path(key),
+            transport="vsock" if transport == "vsock" else "tcp-sim",
+            vsock_port_map=port_map,
+            enclave_cid=integer("ENCLAVE_CID", 16, 4, 0xFFFFFFFE),
+            enclave_rpc_port=integer("ENCLAVE_RPC_PORT", 5000, 1, 0xFFFFFFFE),
+            max_body_bytes=integer("MAX_BODY_BYTES", 65_536, 4096, 8 * 1024 * 1024),
+            purge_interval_seconds=integer("PURGE_INTERVAL_SECONDS", 60, 1, 86_400),
+            log_level=_log_level(text("LOG_LEVEL") or "INFO"),
+        )
+        if config.min_ttl_seconds > config.max_ttl_seconds:
+            raise ConfigError("MIN_TTL_SECONDS must not exceed MAX_TTL_SECONDS")
+        if config.transport == "tcp-sim":
+            if not port_map:
+                config = dataclasses.replace(
+                    config, vsock_port_map={config.enclave_address: DEFAULT_SIM_TCP_PORT}
+                )
+            elif config.enclave_address not in port_map:
+                raise ConfigError(
+                    f"VSOCK_PORT_MAP has no entry for the enclave address {config.enclave_address}"
+                )
+        return config
+
+
+def _host(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ConfigError("HOST must be an IP address (e.g. 127.0.0.1)") from None
+
+
+def _database_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        conninfo_to_dict(value)
+    except ProgrammingError:
+        # The value is not echoed: it may carry a password.
+        raise ConfigError("DATABASE_URL is not a valid PostgreSQL URL or conninfo") from None
+    return value
+
+
+def _origins(value: str, *, production: bool) -> frozenset[str]:
+    origins: set[str] = set()
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        if item == "*":
+            # A wildcard would let any web page drive the API from a victim's browser.
+            raise ConfigError("ALLOWED_ORIGINS must list origins; '*' is refused")
+        lowered = item.lower()
+        match = _ORIGIN.match(lowered)
+        if match is None:
+            raise ConfigError(
+                f"ALLOWED_ORIGINS entry {item!r} is not an origin (scheme://host[:port])"
+            )
+        port = int(match.group(3)[1:]) if match.group(3) else None
+        if port is not None and not 1 <= port <= 65535:
+            raise ConfigError(f"ALLOWED_ORIGINS entry {item!r} has a port out of range")
+        if production and match.group(1) != "https":
+            raise ConfigError(f"ALLOWED_ORIGINS entry {item!r}: production requires https")
+        origins.add(lowered)
+    return frozenset(origins)
+
+
+def _log_level(value: str) -> str:
+    level = value.upper()
+    if level not in _LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(sorted(_LOG_LEVELS))}")
+    return level

@@ -1,0 +1,105 @@
+"""Composition root of the parent process: picks every adapter and runs the API. Side: parent.
+
+``serve(config)`` builds, in order::
+
+    logging -> TLS files + SSL context -> database (DATABASE_URL, or the embedded
+    PostgreSQL under STATE_DIR, migrated) -> Store (app_service role) -> enclave client
+    (vsock or tcp-sim, connecting in the background) -> aiohttp app (+ TTL purge)
+    -> HTTPS site on HOST:ENCLAVE_PORT
+
+and runs until cancelled, then tears everything down in reverse. The parent starts
+even when the enclave is not up yet: enclave-backed requests answer 503 until the
+client's background reconnect succeeds.
+
+With ``DATABASE_URL`` the process connects with that URL (meant to be the
+``app_service`` role) and does not migrate: app_service cannot run DDL by design, and
+the long-running, internet-facing process should not hold admin credentials. Run
+``python -m parent migrate --database-url <admin URL>`` before starting it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from parent.app import create_app
+from parent.config import ParentConfig
+from parent.db.embedded import EmbeddedPostgres
+from parent.db.store import Store
+from parent.enclave_client import EnclaveClient
+from parent.tls import TlsFiles, ensure_dev_certificates, server_ssl_context
+from shared.io.transport import transport_from_config
+from shared.logsetup import configure_logging
+
+__all__ = ["serve", "tls_files"]
+
+log = structlog.get_logger("parent.main")
+
+
+def tls_files(config: ParentConfig) -> TlsFiles:
+    """The configured certificate and key, or the dev ones (development only)."""
+    if config.tls_cert_file is not None and config.tls_key_file is not None:
+        return TlsFiles(cert_file=config.tls_cert_file, key_file=config.tls_key_file)
+    # ParentConfig refuses this branch in production.
+    return ensure_dev_certificates(config.state_dir / "tls")
+
+
+@contextlib.asynccontextmanager
+async def _database(config: ParentConfig) -> AsyncIterator[Store]:
+    """A Store on DATABASE_URL, or on the embedded PostgreSQL (started and migrated here)."""
+    embedded: EmbeddedPostgres | None = None
+    if config.database_url is not None:
+        conninfo = config.database_url
+    else:
+        embedded = EmbeddedPostgres(config.state_dir)
+        # initdb / pg_ctl are blocking subprocess calls: keep them off the event loop.
+        conninfo = (await asyncio.to_thread(embedded.start)).app
+    try:
+        store = await Store.open(conninfo)
+        try:
+            yield store
+        finally:
+            await store.close()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+async def serve(config: ParentConfig) -> None:
+    """Run the parent until cancelled (SIGINT / SIGTERM in ``python -m parent run``)."""
+    configure_logging("parent", level=config.log_level)
+    files = tls_files(config)
+    ssl_context = server_ssl_context(files)
+    async with _database(config) as store:
+        transport = transport_from_config(config.transport, config.vsock_port_map or None)
+        enclave = EnclaveClient(transport, config.enclave_address)
+        await enclave.start()  # returns at once when the enclave is not up yet
+        try:
+            app = create_app(config, store=store, enclave=enclave)
+            # access_log=None: our own request log line replaces aiohttp's, which
+            # would print concrete paths (and so session ids).
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            try:
+                site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
+                await site.start()
+                host = f"[{config.host}]" if ":" in config.host else config.host
+                log.info(
+                    "listening",
+                    url=f"https://{host}:{config.port}",
+                    mode=config.mode.value,
+                    transport=config.transport,
+                    enclave=str(config.enclave_address),
+                    database="external" if config.database_url else "embedded",
+                    ca_file=None if files.ca_file is None else str(files.ca_file),
+                )
+                await asyncio.Event().wait()  # until cancelled
+            finally:
+                await runner.cleanup()
+        finally:
+            await enclave.close()
+            log.info("stopped")

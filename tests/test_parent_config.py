@@ -1,0 +1,156 @@
+"""The parent's configuration: defaults, validation at start, production refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from parent.config import DEFAULT_SIM_TCP_PORT, ConfigError, Mode, ParentConfig
+from shared.io.transport import VsockAddress
+
+PRODUCTION = {
+    "MODE": "production",
+    "TRANSPORT": "vsock",
+    "TLS_CERT_FILE": "/etc/pa/cert.pem",
+    "TLS_KEY_FILE": "/etc/pa/key.pem",
+}
+
+
+def test_defaults_follow_the_seed() -> None:
+    """An empty environment gives the seed's defaults and a loopback-only dev setup."""
+    config = ParentConfig.from_env({})
+    assert config.mode is Mode.DEVELOPMENT
+    assert config.host == "127.0.0.1"
+    assert config.port == 3000
+    assert config.database_url is None
+    assert config.max_ttl_seconds == 604_800
+    assert config.min_ttl_seconds == 60
+    assert config.rate_limit_max == 100
+    assert config.rate_limit_window_ms == 900_000
+    assert config.rate_limit_window_seconds == 900.0
+    assert config.allowed_origins == frozenset()
+    assert config.state_dir == Path(".run")
+    assert config.tls_cert_file is None and config.tls_key_file is None
+    assert config.transport == "tcp-sim"
+    assert config.enclave_address == VsockAddress(cid=16, port=5000)
+    assert config.vsock_port_map == {VsockAddress(cid=16, port=5000): DEFAULT_SIM_TCP_PORT}
+    assert config.max_body_bytes == 65_536
+    assert config.purge_interval_seconds == 60
+    assert config.log_level == "INFO"
+
+
+def test_values_are_read_from_the_environment() -> None:
+    """Every variable is read and normalised (origins lowercased, levels uppercased)."""
+    config = ParentConfig.from_env(
+        {
+            "ENCLAVE_PORT": "8443",
+            "HOST": "::1",
+            "DATABASE_URL": "postgresql://app_service:pw@db.internal:5432/pa",
+            "MAX_TTL_SECONDS": "3600",
+            "RATE_LIMIT_MAX": "5",
+            "RATE_LIMIT_WINDOW": "60000",
+            "ALLOWED_ORIGINS": "https://App.example.com, http://localhost:5173",
+            "STATE_DIR": "/tmp/pa",
+            "VSOCK_PORT_MAP": "17:6000=16000,3:8001=16001",
+            "ENCLAVE_CID": "17",
+            "ENCLAVE_RPC_PORT": "6000",
+            "MAX_BODY_BYTES": "32768",
+            "PURGE_INTERVAL_SECONDS": "5",
+            "LOG_LEVEL": "debug",
+        }
+    )
+    assert config.port == 8443
+    assert config.host == "::1"
+    assert config.max_ttl_seconds == 3600
+    assert config.rate_limit_window_seconds == 60.0
+    assert config.allowed_origins == {"https://app.example.com", "http://localhost:5173"}
+    assert config.vsock_port_map[VsockAddress(cid=17, port=6000)] == 16000
+    assert config.log_level == "DEBUG"
+
+
+def test_database_url_is_not_in_the_repr() -> None:
+    """DATABASE_URL may hold a password, so the config's repr never shows it."""
+    config = ParentConfig.from_env({"DATABASE_URL": "postgresql://u:hunter2-secret@h/db"})
+    assert "hunter2-secret" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"ENCLAVE_PORT": "0"}, "ENCLAVE_PORT"),
+        ({"ENCLAVE_PORT": "70000"}, "ENCLAVE_PORT"),
+        ({"ENCLAVE_PORT": "3k"}, "ENCLAVE_PORT"),
+        ({"HOST": "example.com"}, "HOST"),
+        ({"MAX_TTL_SECONDS": "59"}, "MIN_TTL_SECONDS must not exceed MAX_TTL_SECONDS"),
+        ({"MAX_TTL_SECONDS": "-1"}, "MAX_TTL_SECONDS"),
+        ({"MIN_TTL_SECONDS": "0"}, "MIN_TTL_SECONDS"),
+        ({"RATE_LIMIT_MAX": "0"}, "RATE_LIMIT_MAX"),
+        ({"RATE_LIMIT_WINDOW": "10"}, "RATE_LIMIT_WINDOW"),
+        ({"ALLOWED_ORIGINS": "https://ok.example, *"}, "ALLOWED_ORIGINS"),
+        ({"ALLOWED_ORIGINS": "null"}, "ALLOWED_ORIGINS"),
+        ({"ALLOWED_ORIGINS": "https://example.com/path"}, "ALLOWED_ORIGINS"),
+        ({"ALLOWED_ORIGINS": "ftp://example.com"}, "ALLOWED_ORIGINS"),
+        ({"ALLOWED_ORIGINS": "https://example.com:99999"}, "ALLOWED_ORIGINS"),
+        ({"MODE": "staging"}, "MODE"),
+        ({"TRANSPORT": "tcp"}, "TRANSPORT"),
+        ({"VSOCK_PORT_MAP": "16:5000"}, "VSOCK_PORT_MAP"),
+        ({"VSOCK_PORT_MAP": "3:8001=15001"}, "VSOCK_PORT_MAP"),
+        ({"TRANSPORT": "vsock", "VSOCK_PORT_MAP": "16:5000=15000"}, "VSOCK_PORT_MAP"),
+        ({"ENCLAVE_CID": "2"}, "ENCLAVE_CID"),
+        ({"ENCLAVE_RPC_PORT": "0"}, "ENCLAVE_RPC_PORT"),
+        ({"MAX_BODY_BYTES": "100"}, "MAX_BODY_BYTES"),
+        ({"PURGE_INTERVAL_SECONDS": "0"}, "PURGE_INTERVAL_SECONDS"),
+        ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
+        ({"TLS_CERT_FILE": "/c.pem"}, "TLS_CERT_FILE and TLS_KEY_FILE"),
+        ({"DATABASE_URL": "host=x port=not-a-port dbname"}, "DATABASE_URL"),
+    ],
+)
+def test_each_invalid_value_is_refused_by_name(env: dict[str, str], names: str) -> None:
+    """A bad value stops the start with a ConfigError naming the variable."""
+    with pytest.raises(ConfigError) as info:
+        ParentConfig.from_env(env)
+    assert names in str(info.value)
+
+
+def test_wildcard_origin_is_refused() -> None:
+    """ALLOWED_ORIGINS='*' is refused outright, never turned into a wildcard CORS policy."""
+    with pytest.raises(ConfigError, match=r"'\*' is refused"):
+        ParentConfig.from_env({"ALLOWED_ORIGINS": "*"})
+
+
+def test_bad_database_url_is_not_echoed() -> None:
+    """The DATABASE_URL error names the variable but never repeats its (secret) value."""
+    with pytest.raises(ConfigError) as info:
+        ParentConfig.from_env({"DATABASE_URL": "password=sekrit-value host= = ="})
+    assert "sekrit-value" not in str(info.value)
+
+
+def test_production_refuses_the_tcp_simulator() -> None:
+    """MODE=production with TRANSPORT=tcp-sim (explicit or by default) does not start."""
+    for transport in ("tcp-sim", ""):
+        env = {**PRODUCTION, "TRANSPORT": transport}
+        with pytest.raises(ConfigError, match="production refuses TRANSPORT=tcp-sim"):
+            ParentConfig.from_env(env)
+
+
+def test_production_refuses_generated_certificates() -> None:
+    """MODE=production without TLS_CERT_FILE/TLS_KEY_FILE does not start."""
+    env = {key: value for key, value in PRODUCTION.items() if not key.startswith("TLS_")}
+    with pytest.raises(ConfigError, match="refuses generated certificates"):
+        ParentConfig.from_env(env)
+
+
+def test_production_refuses_plain_http_origins() -> None:
+    """Production only lets https origins use the API cross-origin."""
+    with pytest.raises(ConfigError, match="production requires https"):
+        ParentConfig.from_env({**PRODUCTION, "ALLOWED_ORIGINS": "http://app.example.com"})
+
+
+def test_production_configuration_is_accepted() -> None:
+    """A complete production environment builds: vsock, given certificates, no port map."""
+    config = ParentConfig.from_env({**PRODUCTION, "ALLOWED_ORIGINS": "https://app.example.com"})
+    assert config.mode is Mode.PRODUCTION
+    assert config.transport == "vsock"
+    assert config.vsock_port_map == {}
+    assert config.tls_cert_file == Path("/etc/pa/cert.pem")
