@@ -175,7 +175,9 @@ class EnclaveService:
         except NsmError as exc:
             log.error("nsm_attestation_failed", nsm_error=str(exc.code))
             raise _Refusal(p.ErrorCode.UNAVAILABLE, "attestation unavailable") from None
-        return p.AttestReply(request_id=request.request_id, document=document)
+        return p.AttestReply(
+            request_id=request.request_id, document=document, pq_public=self._keys.pq_public()
+        )
 
     # ------------------------------------------------------------------ sessions
 

@@ -63,7 +63,7 @@ def create_app(
         rate_limiter=RateLimiter(
             limit=config.rate_limit_max, window_seconds=config.rate_limit_window_seconds
         ),
-        session_log=session_log,
+        session_log=session_log if session_log is not None else store,
         clock=clock,
         monotonic=monotonic,
     )

@@ -201,6 +201,7 @@ def build_openapi(*, min_ttl_seconds: int, max_ttl_seconds: int, max_body_bytes:
                 "image_hash",
                 "pcrs",
                 "nonce",
+                "pq_pubkey",
             ],
             "properties": {
                 "quote": {**_B64, "description": "the COSE_Sign1 attestation document"},
@@ -213,6 +214,11 @@ def build_openapi(*, min_ttl_seconds: int, max_ttl_seconds: int, max_body_bytes:
                     "description": 'PCR index -> lowercase hex, e.g. {"0": "..."}',
                 },
                 "nonce": {"type": "string", "description": "the nonce echoed, lowercase hex"},
+                "pq_pubkey": {
+                    "oneOf": [_B64, {"type": "null"}],
+                    "description": "ML-KEM-768+X25519 public key (1216 bytes); its SHA-256 "
+                    "is user_data 'pq'. Check the hash before use.",
+                },
             },
         },
         "EnclaveReport": {
@@ -437,12 +443,11 @@ def build_openapi(*, min_ttl_seconds: int, max_ttl_seconds: int, max_body_bytes:
                 "summary": "The session's operations log",
                 "description": "For now the session's ops-log entries (op, at, request_id), "
                 "oldest first, and `tree_head: null`. Merkle inclusion proofs and the signed "
-                "tree head come with the transparency log. 501 while the store cannot read "
-                "the ops log.",
+                "tree head come with the transparency log.",
                 "parameters": [_session_path_parameter()],
                 "responses": {
                     "200": _json(_ref("SessionLog"), "The session log."),
-                    **_errors(400, 404, 429, 500, 501, 503),
+                    **_errors(400, 404, 429, 500, 503),
                 },
             }
         },

@@ -19,6 +19,8 @@ Exceptions::
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import ssl
 import time
@@ -83,6 +85,8 @@ class Quote:
     enc_public: bytes
     sig_public: bytes
     pcr0: str
+    # The hybrid ML-KEM-768+X25519 key, present only when its SHA-256 matched user_data "pq".
+    pq_public: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -186,6 +190,7 @@ class SecureClient:
             enc_public=keys.x25519_public,
             sig_public=keys.ed25519_public,
             pcr0=verified.pcrs[0].hex(),
+            pq_public=_checked_pq_key(body.get("pq_pubkey"), keys.pq_public_sha256),
         )
         # The convenience fields must agree with the verified document; a server that
         # sends other keys beside the document is lying, and we never use them anyway.
@@ -231,6 +236,7 @@ class SecureClient:
             },
             alg=alg,
             recipient_x25519=quote.enc_public,
+            recipient_pq=quote.pq_public,
         )
         body = await self._request("POST", "/enclave/submit_key", json=envelope.to_wire())
         return Registration(
@@ -284,3 +290,16 @@ class SecureClient:
             body |= proof.to_wire()
         result: dict[str, Any] = await self._request("POST", "/enclave/revoke", json=body)
         return result
+
+
+def _checked_pq_key(unverified_b64: object, attested_sha256: bytes | None) -> bytes | None:
+    """The hybrid key sent beside the document, accepted only if it hashes to user_data "pq"."""
+    if attested_sha256 is None or not isinstance(unverified_b64, str):
+        return None
+    try:
+        unverified = b64decode(unverified_b64, max_len=4096)
+    except ValueError:
+        raise AttestationFailed("pq_pubkey is not valid base64") from None
+    if not hmac.compare_digest(hashlib.sha256(unverified).digest(), attested_sha256):
+        raise AttestationFailed("pq_pubkey does not match the attested hash")
+    return unverified

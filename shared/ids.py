@@ -30,4 +30,4 @@ def is_session_id(value: object) -> bool:
 
 def session_hash(session_id: str) -> bytes:
     """SHA-256 of the session id: what the parent stores and logs, never the id itself."""
-    return hashlib.sha256(session_id.encode("ascii")).digest()
+    return hashlib.sha256(session_id.encode("utf-8")).digest()

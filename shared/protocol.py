@@ -357,9 +357,15 @@ class Stats(Request):
 @_register("attest_reply")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AttestReply(Reply):
-    """The COSE_Sign1 attestation document, verbatim from the NSM."""
+    """The COSE_Sign1 attestation document, verbatim from the NSM.
+
+    ``pq_public`` is the enclave's 1216-byte ML-KEM-768+X25519 public key, sent beside
+    the document because user_data only has room for its SHA-256 ("pq"); clients use
+    it only after checking that hash.
+    """
 
     document: bytes
+    pq_public: bytes | None
 
 
 @_register("submit_reply")

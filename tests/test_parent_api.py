@@ -40,7 +40,6 @@ from multidict import CIMultiDictProxy
 from psycopg import sql
 
 from enclave.rpc_server import RpcServer
-from parent.api.services import SessionLogEntry
 from parent.app import create_app
 from parent.config import ParentConfig
 from parent.db.store import Store
@@ -153,7 +152,9 @@ class FakeEnclave:
             )
         match request:
             case p.Attest():
-                return p.AttestReply(request_id=rid, document=self._document(request.nonce))
+                return p.AttestReply(
+                    request_id=rid, document=self._document(request.nonce), pq_public=None
+                )
             case p.Submit():
                 new_id = new_session_id()
                 self.pending[new_id] = request.metadata["label"] == "owned"
@@ -256,31 +257,6 @@ class FakeClock:
 
     def __call__(self) -> datetime:
         return datetime.now(UTC) + self.offset
-
-
-@dataclass(frozen=True)
-class OpsRow:
-    """An ops-log row as the session-log port returns it."""
-
-    op: str
-    at: datetime
-    request_id: str | None
-
-
-class AdminOpsLog:
-    """Session-log source reading ops_logs as the admin (the store cannot read it yet)."""
-
-    def __init__(self, conninfo: str) -> None:
-        self.conninfo = conninfo
-
-    async def list_session_ops(self, session_hash: bytes) -> list[SessionLogEntry]:
-        async with await psycopg.AsyncConnection.connect(self.conninfo) as conn:
-            cur = await conn.execute(
-                "SELECT o.op, o.at, o.request_id FROM ops_logs o JOIN sessions s"
-                " ON s.id = o.session_id WHERE s.session_hash = %s ORDER BY o.id",
-                (session_hash,),
-            )
-            return [OpsRow(op=r[0], at=r[1], request_id=r[2]) for r in await cur.fetchall()]
 
 
 @dataclass
@@ -450,7 +426,16 @@ async def test_quote_describes_the_enclave_document(api: Api) -> None:
     """GET /attestation/quote returns the document and the CONTRACT convenience fields."""
     status, body, _ = await api.call("GET", "/attestation/quote?nonce=00FFab12")
     assert status == 200, body
-    assert set(body) == {"quote", "enclave_pubkey", "signing_pubkey", "image_hash", "pcrs", "nonce"}
+    assert set(body) == {
+        "quote",
+        "enclave_pubkey",
+        "signing_pubkey",
+        "image_hash",
+        "pcrs",
+        "nonce",
+        "pq_pubkey",
+    }
+    assert body["pq_pubkey"] is None  # the fake enclave offers no post-quantum key
     document, _ = decode_document(b64decode(body["quote"]))
     assert document.nonce == bytes.fromhex("00ffab12")
     assert body["nonce"] == "00ffab12"
@@ -782,11 +767,8 @@ async def test_one_session_cannot_touch_another(api: Api) -> None:
 # --------------------------------------------------------------------------- logs
 
 
-async def test_session_log_lists_the_sessions_operations(
-    make_api: MakeApi, pg_db: PgDatabase
-) -> None:
-    """GET /api/logs/{id}: the session's ops entries in order, tree_head null."""
-    api = await make_api(session_log=AdminOpsLog(pg_db.admin_conninfo))
+async def test_session_log_lists_the_sessions_operations(api: Api) -> None:
+    """GET /api/logs/{id}: the session's ops entries in order (read as app_service)."""
     session_id = await api.submit()
     await api.call("POST", "/enclave/request_aggregates", json_body={"session_id": session_id})
     status, body, _ = await api.call("GET", f"/api/logs/{session_id}")
@@ -796,11 +778,10 @@ async def test_session_log_lists_the_sessions_operations(
     assert all(re.fullmatch(r"[0-9a-f]{32}", e["request_id"]) for e in body["session_log"])
 
 
-async def test_session_log_without_a_reader_is_501(api: Api) -> None:
-    """Until the store can read the ops log, a known session's log is 501 (unknown is 404)."""
-    session_id = await api.submit()
-    status, body, _ = await api.call("GET", f"/api/logs/{session_id}")
-    assert_error(status, body, 501, "unsupported")
+async def test_session_log_of_unknown_session_is_404(api: Api) -> None:
+    """A well-formed but unknown session id has no log: 404."""
+    status, body, _ = await api.call("GET", f"/api/logs/{'A' * 43}")
+    assert_error(status, body, 404, "not_found")
 
 
 # --------------------------------------------------------------------------- records

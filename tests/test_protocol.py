@@ -189,7 +189,9 @@ def test_encoder_refuses_wrong_types() -> None:
 def test_encoder_refuses_oversize_message() -> None:
     """A message bigger than MAX_FRAME_SIZE cannot be sent."""
     with pytest.raises(LocalProtocolError, match="maximum frame size"):
-        p.encode_frame(p.AttestReply(request_id=1, document=bytes(p.MAX_FRAME_SIZE)))
+        p.encode_frame(
+            p.AttestReply(request_id=1, document=bytes(p.MAX_FRAME_SIZE), pq_public=None)
+        )
 
 
 @settings(max_examples=400, deadline=None)

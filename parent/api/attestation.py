@@ -58,5 +58,7 @@ async def quote(request: web.Request) -> web.Response:
             "image_hash": pcr0.hex(),
             "pcrs": pcrs_to_json(document.pcrs),
             "nonce": nonce.hex(),
+            # Unverified convenience copy; clients check SHA-256(pq_pubkey) == user_data "pq".
+            "pq_pubkey": None if reply.pq_public is None else b64encode(reply.pq_public),
         }
     )

@@ -15,7 +15,7 @@ opens an audit scope that writes one log line per access to a session's sealed d
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -76,7 +76,7 @@ class SessionLogEntry(Protocol):
 class SessionLogSource(Protocol):
     """Reads a session's ops-log entries, oldest first."""
 
-    async def list_session_ops(self, session_hash: bytes) -> Sequence[SessionLogEntry]:
+    def list_session_ops(self, session_hash: bytes) -> Awaitable[Sequence[SessionLogEntry]]:
         """The entries linked to the session with that hash (empty if none)."""
         ...
 
@@ -90,7 +90,7 @@ class Services:
     enclave: EnclavePort
     metrics: ApiMetrics
     rate_limiter: RateLimiter
-    session_log: SessionLogSource | None
+    session_log: SessionLogSource
     clock: Callable[[], datetime]
     monotonic: Callable[[], float]
 

@@ -265,8 +265,6 @@ async def session_logs(request: web.Request) -> web.Response:
     with services.audit("logs.read", session_id):
         if await services.store.get_session(digest, now=services.clock()) is None:
             raise ApiError(404, "not_found", "unknown, expired or revoked session")
-        if services.session_log is None:
-            raise ApiError(501, "unsupported", "the session log is not available in this build")
         entries = await services.session_log.list_session_ops(digest)
     return json_response(
         {

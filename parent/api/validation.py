@@ -46,7 +46,7 @@ MAX_LABEL_CHARS: Final = 64
 MAX_NONCE_BYTES: Final = 512
 
 # The seed's exchange ids (ccxt ids) and the enclave's rule: lowercase, bounded.
-_EXCHANGE: Final = re.compile(r"\A[a-z0-9][a-z0-9_.-]{0,31}\Z")
+_EXCHANGE: Final = re.compile(r"\A[a-z][a-z0-9_]{0,31}\Z")
 _HEX: Final = re.compile(r"\A(?:[0-9a-fA-F]{2})*\Z")
 _UUID: Final = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _DIGITS: Final = re.compile(r"\A[0-9]{1,16}\Z")
@@ -164,7 +164,7 @@ def check_session_metadata(metadata: Mapping[str, Any], *, min_ttl: int, max_ttl
         raise _bad("metadata has an unexpected field; allowed: exchange, label, ttl, issued_at")
     exchange = metadata["exchange"]
     if not isinstance(exchange, str) or not _EXCHANGE.match(exchange):
-        raise _bad("metadata.exchange must match ^[a-z0-9][a-z0-9_.-]{0,31}$")
+        raise _bad("metadata.exchange must match ^[a-z][a-z0-9_]{0,31}$")
     _label(metadata["label"], "metadata.label")
     ttl = metadata["ttl"]
     if not _integer(ttl) or not min_ttl <= ttl <= max_ttl:

@@ -28,7 +28,6 @@ datetimes must be timezone-aware.
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,11 +49,13 @@ from parent.db.errors import (
     StoreError,
     StoreUnavailable,
 )
+from shared.ids import session_hash
 
 __all__ = [
     "AggregateRow",
     "JsonObject",
     "LiveCredential",
+    "OpsLogRow",
     "RecordMeta",
     "RecordRow",
     "SessionRow",
@@ -71,9 +72,18 @@ _REPLAY_CONSTRAINT = "sessions_envelope_digest_key"
 _PURGE_BATCH = 500
 
 
-def hash_session_id(session_id: str) -> bytes:
-    """SHA-256 of the session id's UTF-8 bytes: the only form of it the database sees."""
-    return hashlib.sha256(session_id.encode("utf-8")).digest()
+# SHA-256 of the session id: the only form of it the database sees (shared with the
+# enclave and clients, so all three agree on it).
+hash_session_id = session_hash
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpsLogRow:
+    """One public entry of a session's operations log."""
+
+    op: str
+    at: datetime
+    request_id: str | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -531,6 +541,23 @@ class Store:
             )
             if cur.rowcount == 0:
                 raise SessionNotFound("no such session")
+
+    @_database_errors
+    async def list_session_ops(self, session_hash: bytes, *, limit: int = 1000) -> list[OpsLogRow]:
+        """The session's operations log, oldest first (public columns only)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                """
+                SELECT o.op, o.at, o.request_id
+                FROM ops_logs o JOIN sessions s ON s.id = o.session_id
+                WHERE s.session_hash = %(session_hash)s
+                ORDER BY o.id
+                LIMIT %(limit)s
+                """,
+                {"session_hash": session_hash, "limit": limit},
+            )
+            rows = await cur.fetchall()
+        return [OpsLogRow(op=op, at=at, request_id=request_id) for op, at, request_id in rows]
 
     # -- sealed records -------------------------------------------------------------
 

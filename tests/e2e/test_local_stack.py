@@ -18,7 +18,13 @@ import pytest
 from parent.db.embedded import EmbeddedPostgres, bundled_bin_dir
 from scripts.localstack import LocalStack, free_port
 from shared.client import SecureClient, ServerRejected
-from shared.envelope import Credentials, EnvelopeOpener, encrypt_credentials
+from shared.envelope import (
+    ALG_HPKE_MLKEM768X25519,
+    ALG_HPKE_X25519,
+    Credentials,
+    EnvelopeOpener,
+    encrypt_credentials,
+)
 from tests.support.leakscan import LeakScanner
 
 pytestmark = pytest.mark.e2e
@@ -322,3 +328,16 @@ async def test_logs_hold_no_session_ids_or_bodies(client: SecureClient, stack: L
     for line in logs.splitlines():
         if line.startswith("{"):
             json.loads(line)  # every structured line is JSON
+
+
+@pytest.mark.parametrize("alg", [ALG_HPKE_X25519, ALG_HPKE_MLKEM768X25519])
+async def test_other_envelope_algs_end_to_end(client: SecureClient, alg: str) -> None:
+    """RFC 9180 HPKE and the ML-KEM-768+X25519 hybrid register and report like the default."""
+    registration = await client.register(
+        exchange="kraken", api_key="pq-key", api_secret="pq-secret", alg=alg
+    )
+    quote = await client.attest()
+    assert quote.pq_public is not None  # checked against user_data "pq" by the SDK
+    report = await client.aggregates(registration.session_id)
+    assert report.payload["exchange"] == "kraken"
+    await client.revoke(registration)

@@ -55,7 +55,7 @@ SAMPLES: list[p.Message] = [
     ),
     p.Health(request_id=12),
     p.Stats(request_id=13),
-    p.AttestReply(request_id=1, document=b"\x84\x44\xa1\x01\x38\x22"),
+    p.AttestReply(request_id=1, document=b"\x84\x44\xa1\x01\x38\x22", pq_public=None),
     p.SubmitReply(
         request_id=2, session_id="s" * 43, expires_at=1700003600, exchange="binance", label="main"
     ),
