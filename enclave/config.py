@@ -6,6 +6,7 @@ environment. Every field says what it does and its security note.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 from collections.abc import Mapping
@@ -14,7 +15,10 @@ from pathlib import Path
 
 from shared.io.transport import VsockAddress, parse_port_map
 
-__all__ = ["EnclaveConfig", "Mode"]
+__all__ = ["DEFAULT_SIM_TCP_PORT", "EnclaveConfig", "Mode"]
+
+DEFAULT_SIM_TCP_PORT = 15000
+"""TCP port standing in for the enclave's RPC address when VSOCK_PORT_MAP is unset."""
 
 
 class Mode(enum.StrEnum):
@@ -33,7 +37,8 @@ class EnclaveConfig:
     mode: Mode = Mode.SIMULATOR
     # ENCLAVE_TRANSPORT: "vsock" or "tcp-sim". Chosen explicitly, never probed.
     transport: str = "tcp-sim"
-    # VSOCK_PORT_MAP: "CID:PORT=TCPPORT,..." for tcp-sim (loopback only).
+    # VSOCK_PORT_MAP: "CID:PORT=TCPPORT,..." for tcp-sim (loopback only); default
+    # "ENCLAVE_CID:ENCLAVE_RPC_PORT=15000", as in the parent.
     port_map: Mapping[VsockAddress, int] = field(default_factory=dict)
     # ENCLAVE_CID (16) / ENCLAVE_RPC_PORT (5000): where the RPC server listens.
     cid: int = 16
@@ -92,8 +97,8 @@ class EnclaveConfig:
         if mode is Mode.PRODUCTION and transport != "vsock":
             raise ValueError("production mode requires ENCLAVE_TRANSPORT=vsock")
         port_map = parse_port_map(env.get("VSOCK_PORT_MAP", ""))
-        if transport == "tcp-sim" and not port_map:
-            raise ValueError("ENCLAVE_TRANSPORT=tcp-sim needs VSOCK_PORT_MAP")
+        if transport == "vsock" and port_map:
+            raise ValueError("VSOCK_PORT_MAP only applies to ENCLAVE_TRANSPORT=tcp-sim")
         enable_pq = env.get("ENABLE_PQ", "1")
         if enable_pq not in ("0", "1"):
             raise ValueError("ENABLE_PQ must be 0 or 1")
@@ -114,6 +119,11 @@ class EnclaveConfig:
         )
         if config.min_ttl_seconds > config.max_ttl_seconds:
             raise ValueError("MIN_TTL_SECONDS must not exceed MAX_TTL_SECONDS")
+        if transport == "tcp-sim" and not port_map:
+            # The same default the parent uses, so `python -m enclave` and
+            # `python -m parent run` find each other with no environment at all.
+            port_map = {config.rpc_address: DEFAULT_SIM_TCP_PORT}
+            config = dataclasses.replace(config, port_map=port_map)
         if transport == "tcp-sim" and config.rpc_address not in port_map:
             raise ValueError(f"VSOCK_PORT_MAP has no entry for {config.rpc_address}")
         return config

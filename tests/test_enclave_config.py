@@ -20,6 +20,12 @@ def test_simulator_defaults() -> None:
     assert config.enable_pq is True
 
 
+def test_default_port_map_matches_the_parent() -> None:
+    """With no environment the enclave listens where the parent looks by default."""
+    config = EnclaveConfig.from_env({})
+    assert config.port_map == {VsockAddress(cid=16, port=5000): 15000}
+
+
 def test_production_refuses_the_tcp_simulator() -> None:
     """Production mode with the TCP transport is a configuration error, not a fallback."""
     with pytest.raises(ValueError, match="production mode requires ENCLAVE_TRANSPORT=vsock"):
@@ -38,7 +44,7 @@ def test_production_with_vsock_is_accepted() -> None:
     [
         ({"ENCLAVE_MODE": "auto"}, "ENCLAVE_MODE"),
         ({"ENCLAVE_TRANSPORT": "tcp"}, "ENCLAVE_TRANSPORT"),
-        ({"VSOCK_PORT_MAP": ""}, "needs VSOCK_PORT_MAP"),
+        ({"ENCLAVE_TRANSPORT": "vsock"}, "only applies to ENCLAVE_TRANSPORT=tcp-sim"),
         ({"VSOCK_PORT_MAP": "16:5001=15000"}, "no entry for vsock:16:5000"),
         ({"MAX_TTL_SECONDS": "ten"}, "MAX_TTL_SECONDS must be an integer"),
         ({"MAX_TTL_SECONDS": "5"}, "MAX_TTL_SECONDS must be between"),
