@@ -97,6 +97,15 @@ def _rfc3339(timestamp: float) -> str:
     return datetime.fromtimestamp(int(timestamp), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _envelope_of(request: p.Submit | p.SealRecord) -> Envelope:
+    """The envelope a request carries flat; BAD_REQUEST if its shape is wrong."""
+    try:
+        return Envelope(**{name: getattr(request, name) for name in p.ENVELOPE_FIELDS})
+    except EnvelopeFormatError as exc:
+        # Structural messages name a field, never a value: safe to return.
+        raise _Refusal(p.ErrorCode.BAD_REQUEST, str(exc)) from None
+
+
 def _short_hash(digest: bytes) -> str:
     """What logs show of a session: 12 hex chars of the id's hash (never the id)."""
     return digest.hex()[:12]
@@ -183,18 +192,7 @@ class EnclaveService:
 
     def _submit(self, request: p.Submit) -> p.SubmitReply:
         now = self._clock()
-        try:
-            envelope = Envelope(
-                alg=request.alg,
-                ephemeral_pub=request.ephemeral_pub,
-                nonce=request.nonce,
-                ciphertext=request.ciphertext,
-                tag=request.tag,
-                metadata=request.metadata,
-            )
-        except EnvelopeFormatError as exc:
-            # Structural messages name a field, never a value: safe to return.
-            raise _Refusal(p.ErrorCode.BAD_REQUEST, str(exc)) from None
+        envelope = _envelope_of(request)
         exchange, label, ttl = self._check_metadata(envelope.metadata, now=now)
         digest = envelope_digest(envelope)
         if self._sessions.seen(digest):
@@ -438,17 +436,7 @@ class EnclaveService:
                 p.ErrorCode.BAD_REQUEST,
                 f'record metadata must be {{"purpose": "record", "label": 1..{_MAX_LABEL} chars}}',
             )
-        try:
-            envelope = Envelope(
-                alg=request.alg,
-                ephemeral_pub=request.ephemeral_pub,
-                nonce=request.nonce,
-                ciphertext=request.ciphertext,
-                tag=request.tag,
-                metadata=metadata,
-            )
-        except EnvelopeFormatError as exc:
-            raise _Refusal(p.ErrorCode.BAD_REQUEST, str(exc)) from None
+        envelope = _envelope_of(request)
         opener: EnvelopeOpener = self._keys.opener
         try:
             plaintext = opener.open(envelope)

@@ -37,6 +37,7 @@ from shared.cbor import CborError, strict_loads
 from shared.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
+    "ENVELOPE_FIELDS",
     "MAX_FRAME_SIZE",
     "PROTOCOL_VERSION",
     "REPLY_TYPES",
@@ -93,6 +94,9 @@ JsonObject = dict[str, Any]
 lists and objects of the same, nested at most a few levels."""
 
 M = TypeVar("M", bound="Message")
+
+ENVELOPE_FIELDS = ("alg", "ephemeral_pub", "nonce", "ciphertext", "tag", "metadata")
+"""The credential-envelope fields Submit and SealRecord carry flat (shared.envelope.Envelope)."""
 
 
 class ErrorCode(enum.StrEnum):

@@ -130,6 +130,15 @@ def credentials(owner: Ed25519PrivateKey | None = None) -> Credentials:
     )
 
 
+def canary_envelope(enc: bytes, owner: Ed25519PrivateKey | None = None) -> Envelope:
+    """Canary credentials sealed to ``enc`` with the usual metadata."""
+    return encrypt_credentials(
+        credentials(owner),
+        metadata={"exchange": "binance", "label": "main", "ttl": 3600},
+        recipient_x25519=enc,
+    )
+
+
 async def open_session(
     service: EnclaveService,
     enc: bytes,
@@ -206,11 +215,7 @@ async def test_pending_session_is_not_served(
 ) -> None:
     """Until the parent confirms, the session does not exist for reads."""
     enc, _ = await attested_keys(service, simulator, clock)
-    envelope = encrypt_credentials(
-        credentials(),
-        metadata={"exchange": "binance", "label": "main", "ttl": 3600},
-        recipient_x25519=enc,
-    )
+    envelope = canary_envelope(enc)
     reply = await call(service, submit_request(envelope))
     assert isinstance(reply, p.SubmitReply)
     read = await call(service, p.Summary(request_id=5, session_id=reply.session_id))
@@ -222,11 +227,7 @@ async def test_discarded_submit_can_be_retried(
 ) -> None:
     """commit=False drops the pending session and frees the envelope for a retry."""
     enc, _ = await attested_keys(service, simulator, clock)
-    envelope = encrypt_credentials(
-        credentials(),
-        metadata={"exchange": "binance", "label": "main", "ttl": 3600},
-        recipient_x25519=enc,
-    )
+    envelope = canary_envelope(enc)
     first = await call(service, submit_request(envelope))
     assert isinstance(first, p.SubmitReply)
     dropped = await call(
@@ -243,11 +244,7 @@ async def test_replayed_envelope_is_refused(
 ) -> None:
     """The same envelope submitted twice is REPLAYED, before and after it is confirmed."""
     enc, _ = await attested_keys(service, simulator, clock)
-    envelope = encrypt_credentials(
-        credentials(),
-        metadata={"exchange": "binance", "label": "main", "ttl": 3600},
-        recipient_x25519=enc,
-    )
+    envelope = canary_envelope(enc)
     first = await call(service, submit_request(envelope))
     assert isinstance(first, p.SubmitReply)
     replay = await call(service, submit_request(envelope))
@@ -334,11 +331,7 @@ async def test_unconfirmed_pending_session_times_out(
 ) -> None:
     """A pending session the parent never confirms is dropped after the pending TTL."""
     enc, _ = await attested_keys(service, simulator, clock)
-    envelope = encrypt_credentials(
-        credentials(),
-        metadata={"exchange": "binance", "label": "main", "ttl": 3600},
-        recipient_x25519=enc,
-    )
+    envelope = canary_envelope(enc)
     reply = await call(service, submit_request(envelope))
     assert isinstance(reply, p.SubmitReply)
     clock.now += 61

@@ -60,12 +60,7 @@ async def seal_record(request: web.Request) -> web.Response:
             p.SealRecord(
                 request_id=0,
                 session_id=session_id,
-                alg=envelope.alg,
-                ephemeral_pub=envelope.ephemeral_pub,
-                nonce=envelope.nonce,
-                ciphertext=envelope.ciphertext,
-                tag=envelope.tag,
-                metadata=envelope.metadata,
+                **{name: getattr(envelope, name) for name in p.ENVELOPE_FIELDS},
                 proof_timestamp=proof.timestamp,
                 proof_signature=proof.signature,
             ),

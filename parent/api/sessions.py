@@ -91,12 +91,7 @@ async def submit_key(request: web.Request) -> web.Response:
             "submit",
             p.Submit(
                 request_id=0,
-                alg=envelope.alg,
-                ephemeral_pub=envelope.ephemeral_pub,
-                nonce=envelope.nonce,
-                ciphertext=envelope.ciphertext,
-                tag=envelope.tag,
-                metadata=envelope.metadata,
+                **{name: getattr(envelope, name) for name in p.ENVELOPE_FIELDS},
             ),
             p.SubmitReply,
         )
