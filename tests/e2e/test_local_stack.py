@@ -8,6 +8,7 @@ import json
 import secrets
 import ssl
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -22,9 +23,13 @@ from shared.envelope import (
     ALG_HPKE_MLKEM768X25519,
     ALG_HPKE_X25519,
     Credentials,
+    Envelope,
     EnvelopeOpener,
     encrypt_credentials,
+    seal,
 )
+from shared.owner import owner_x25519_private
+from shared.signing import sign_owner_proof
 from tests.support.leakscan import LeakScanner
 
 pytestmark = pytest.mark.e2e
@@ -341,3 +346,67 @@ async def test_other_envelope_algs_end_to_end(client: SecureClient, alg: str) ->
     report = await client.aggregates(registration.session_id)
     assert report.payload["exchange"] == "kraken"
     await client.revoke(registration)
+
+
+async def test_records_and_session_log_end_to_end(
+    client: SecureClient, http: aiohttp.ClientSession, stack: LocalStack
+) -> None:
+    """Seal a record, list it, unseal it to the owner only; the ops log lists the session's ops."""
+    registration = await client.register(exchange="binance", api_key="rk", api_secret="rs")
+    assert registration.owner_key is not None
+    quote = await client.attest()
+    note = b"record-canary-" + secrets.token_hex(8).encode()
+    sealed_to_enclave = seal(
+        note, metadata={"purpose": "record", "label": "notes"}, recipient_x25519=quote.enc_public
+    )
+    now = int(time.time())
+    proof = sign_owner_proof(
+        registration.owner_key, method="seal_record", session_id=registration.session_id,
+        timestamp=now,
+    )  # fmt: skip
+    async with http.post(
+        "/api/records",
+        json={
+            "session_id": registration.session_id,
+            "envelope": sealed_to_enclave.to_wire(),
+            **proof.to_wire(),
+        },
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+        record = await resp.json()
+    headers = {"X-Session-Id": registration.session_id}
+    async with http.get("/api/records", headers=headers) as resp:
+        listing = await resp.json()
+    assert [r["id"] for r in listing["records"]] == [record["id"]]
+    unseal_proof = sign_owner_proof(
+        registration.owner_key,
+        method=f"unseal_record:{record['id']}",
+        session_id=registration.session_id,
+        timestamp=now,
+    )
+    async with http.get(f"/api/records/{record['id']}", headers=headers) as resp:
+        assert resp.status == 403  # no owner proof
+    async with http.get(
+        f"/api/records/{record['id']}",
+        headers=headers
+        | {
+            "X-Owner-Timestamp": str(unseal_proof.timestamp),
+            "X-Owner-Signature": unseal_proof.signature,
+        },
+    ) as resp:
+        assert resp.status == 200
+        unsealed = await resp.json()
+    assert note not in json.dumps(unsealed).encode()  # encrypted to the owner
+    owner_opener = EnvelopeOpener(owner_x25519_private(registration.owner_key))
+    assert owner_opener.open(Envelope.from_wire(unsealed["envelope"])) == note
+    # The sealed body in the database is not the note either.
+    with psycopg.connect(admin_conninfo(stack), autocommit=True) as conn:
+        rows = conn.execute("SELECT sealed FROM records").fetchall()
+    assert rows
+    assert all(note not in row[0].encode() for row in rows)
+    async with http.get(f"/api/logs/{registration.session_id}") as resp:
+        log = await resp.json()
+    assert [entry["op"] for entry in log["session_log"]][:1] == ["submit"]
+    await client.revoke(registration)
+    async with http.get("/api/records", headers=headers) as resp:
+        assert resp.status == 404
