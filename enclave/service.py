@@ -41,7 +41,7 @@ from shared.envelope import (
 from shared.errors import EnvelopeError, SignatureError
 from shared.ids import is_session_id, new_session_id, session_hash
 from shared.owner import owner_x25519_public
-from shared.signing import OwnerProof, report_hash, sign_payload, verify_owner_proof
+from shared.signing import OwnerProof, sign_payload_and_hash, verify_owner_proof
 
 __all__ = [
     "EMPTY_MERKLE_ROOT",
@@ -357,8 +357,7 @@ class EnclaveService:
             "seq": session.report_seq,
             "prev_report_hash": session.prev_report_hash,
         }
-        signature = sign_payload(self._keys.signing_key, payload)
-        session.prev_report_hash = report_hash(payload)
+        signature, session.prev_report_hash = sign_payload_and_hash(self._keys.signing_key, payload)
         return p.AggregatesReply(
             request_id=request.request_id,
             payload=payload,

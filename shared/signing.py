@@ -37,6 +37,7 @@ __all__ = [
     "report_hash",
     "sign_owner_proof",
     "sign_payload",
+    "sign_payload_and_hash",
     "verify_owner_proof",
     "verify_payload",
 ]
@@ -110,6 +111,18 @@ def sign_payload(private_key: Ed25519PrivateKey, payload: Mapping[str, Any]) -> 
     Raises ValueError if ``payload`` is not representable in RFC 8785 (NaN, huge int, ...).
     """
     return b64encode(private_key.sign(_canonical_payload(payload)))
+
+
+def sign_payload_and_hash(
+    private_key: Ed25519PrivateKey, payload: Mapping[str, Any]
+) -> tuple[str, str]:
+    """``(sign_payload(...), report_hash(...))`` from one canonicalisation. Side: enclave.
+
+    RFC 8785 serialisation is the costly part of issuing a report; the signature and
+    the chain hash cover the very same bytes, so they are computed once.
+    """
+    message = _canonical_payload(payload)
+    return b64encode(private_key.sign(message)), hashlib.sha256(message).hexdigest()
 
 
 def verify_payload(public_key_raw: bytes, payload: Mapping[str, Any], signature_b64: str) -> None:

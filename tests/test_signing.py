@@ -23,6 +23,7 @@ from shared.signing import (
     report_hash,
     sign_owner_proof,
     sign_payload,
+    sign_payload_and_hash,
     verify_owner_proof,
     verify_payload,
 )
@@ -76,6 +77,7 @@ def test_all_is_exactly_the_public_api() -> None:
         "report_hash",
         "sign_owner_proof",
         "sign_payload",
+        "sign_payload_and_hash",
         "verify_owner_proof",
         "verify_payload",
     }
@@ -430,3 +432,13 @@ def test_owner_proofs_bind_method_and_session(timestamp: int, method: str, sessi
         verify_owner_proof(
             OWNER_PUB, proof, method=other_method, session_id=session_id, now=timestamp
         )
+
+
+def test_sign_payload_and_hash_equals_the_separate_calls() -> None:
+    """The one-pass helper gives exactly sign_payload's signature and report_hash's hash."""
+    key = Ed25519PrivateKey.generate()
+    payload = {"pnl": "12.5", "trades": 3, "seq": 2, "prev_report_hash": None, "b": [1, 2]}
+    signature, digest = sign_payload_and_hash(key, payload)
+    assert signature == sign_payload(key, payload)  # Ed25519 is deterministic (RFC 8032)
+    assert digest == report_hash(payload)
+    verify_payload(key.public_key().public_bytes_raw(), payload, signature)

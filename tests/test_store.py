@@ -455,6 +455,23 @@ async def test_records(store: Store) -> None:
         await store.insert_record(os.urandom(32), record_id=uuid.uuid4(), label="x", sealed=b64(9))
 
 
+async def test_report_and_its_log_entry_are_one_write(store: Store, pg_db: PgDatabase) -> None:
+    """store_aggregate writes the report and its 'aggregates' ops entry together."""
+    session_hash = await new_session(store)
+    await store.store_aggregate(
+        session_hash, seq=7, payload={"pnl": "0"}, signature=b64(64), request_id="req-7"
+    )
+    rows = admin_query(
+        pg_db, "SELECT op, request_id, details FROM ops_logs WHERE op = 'aggregates'"
+    )
+    assert rows == [("aggregates", "req-7", {"seq": 7})]
+    with pytest.raises(Conflict):
+        await store.store_aggregate(
+            session_hash, seq=7, payload={}, signature=b64(64), request_id="req-8"
+        )
+    assert len(admin_query(pg_db, "SELECT 1 FROM ops_logs WHERE op = 'aggregates'")) == 1
+
+
 # -- roles ----------------------------------------------------------------------------
 
 
@@ -478,7 +495,8 @@ async def test_operator_cannot_read_credentials_but_reads_sessions(
         assert conn.execute("SELECT count(*) FROM sessions").fetchone() == (1,)
         assert conn.execute("SELECT count(*) FROM aggregates").fetchone() == (1,)
         assert conn.execute("SELECT label FROM records").fetchone() == ("notes",)
-        assert conn.execute("SELECT count(*) FROM ops_logs").fetchone() == (2,)
+        # submit, aggregates (written with the report) and poll
+        assert conn.execute("SELECT count(*) FROM ops_logs").fetchone() == (3,)
 
 
 @pytest.mark.parametrize(

@@ -168,10 +168,11 @@ async def request_aggregates(request: web.Request) -> web.Response:
             latest = await services.store.latest_aggregate(digest)
             seq = 0 if latest is None else latest.seq + 1
         await services.store.store_aggregate(
-            digest, seq=seq, payload=reply.payload, signature=reply.signature
-        )
-        await services.store.append_op(
-            digest, op="aggregates", request_id=request_id, details={"seq": seq}
+            digest,
+            seq=seq,
+            payload=reply.payload,
+            signature=reply.signature,
+            request_id=request_id,
         )
     return json_response(
         {

@@ -28,6 +28,8 @@ datetimes must be timezone-aware.
 from __future__ import annotations
 
 import functools
+import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +38,7 @@ from typing import Any, ParamSpec, TypeAlias, TypeVar
 from uuid import UUID
 
 import psycopg
+import psycopg_pool
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
@@ -190,6 +193,52 @@ def _configure_hook(
     return configure
 
 
+_IDLE_CHECK_AFTER_S = 2.0
+"""A pooled connection idle longer than this is tested before use; busy ones are not."""
+
+
+class _IdleCheck:
+    """Pool check/reset hooks: test a connection on checkout only after it sat idle.
+
+    Testing every checkout costs a round trip (and event-loop turns) on every query;
+    under load that doubled request latency. A connection used within the last
+    ``_IDLE_CHECK_AFTER_S`` is trusted; one idle for longer (the case after a database
+    restart) is tested, and read-only methods retry once on a lost connection.
+    """
+
+    def __init__(self) -> None:
+        self._returned: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def check(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        returned = self._returned.get(conn)
+        if returned is None or time.monotonic() - returned > _IDLE_CHECK_AFTER_S:
+            await AsyncConnectionPool.check_connection(conn)
+
+    async def reset(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._returned[conn] = time.monotonic()
+
+
+def _retry_lost_connection(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+    """Run a read-only method once more if its connection turned out to be dead.
+
+    Only for methods that change nothing: a write whose connection died mid-flight
+    may or may not have committed, so it surfaces as StoreUnavailable instead.
+    """
+
+    @functools.wraps(method)
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await method(*args, **kwargs)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if isinstance(exc, psycopg_pool.PoolTimeout):
+                raise
+        return await method(*args, **kwargs)
+
+    return wrapper
+
+
 def _database_errors(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
     """Map psycopg exceptions raised by a store method to StoreError subclasses."""
 
@@ -229,7 +278,7 @@ class Store:
         conninfo: str,
         *,
         min_size: int = 2,
-        max_size: int = 10,
+        max_size: int = 32,
         timeout_s: float = 5.0,
         statement_timeout_s: float = 10.0,
         check_connections: bool = True,
@@ -238,10 +287,11 @@ class Store:
         """Open a pool on ``conninfo`` (the app_service role) and return a Store.
 
         ``timeout_s`` bounds waiting for a connection (and, with ``wait``, for the pool's
-        first ``min_size`` connections). ``check_connections`` tests each connection on
-        checkout (one empty query) so a database restart costs no failed request.
+        first ``min_size`` connections). ``check_connections`` tests a connection on checkout
+        when it sat idle (see ``_IdleCheck``) so a database restart costs no failed read.
         Raises ``StoreUnavailable`` if ``wait`` and the database cannot be reached.
         """
+        idle_check = _IdleCheck()
         pool: _Pool = AsyncConnectionPool(
             conninfo,
             min_size=min_size,
@@ -250,7 +300,8 @@ class Store:
             open=False,
             name="perf-aggregator-store",
             configure=_configure_hook(int(statement_timeout_s * 1000)),
-            check=AsyncConnectionPool.check_connection if check_connections else None,
+            check=idle_check.check if check_connections else None,
+            reset=idle_check.reset,
             kwargs={
                 "application_name": "perf-aggregator-parent",
                 "connect_timeout": max(1, int(timeout_s)),
@@ -339,6 +390,7 @@ class Store:
             )
 
     @_database_errors
+    @_retry_lost_connection
     async def get_session(self, session_hash: bytes, *, now: datetime) -> SessionRow | None:
         """The session with that hash, or None if it does not exist or has expired at ``now``."""
         async with self._pool.connection() as conn:
@@ -418,6 +470,7 @@ class Store:
                     return total
 
     @_database_errors
+    @_retry_lost_connection
     async def count_active_sessions(self, *, now: datetime) -> int:
         """How many sessions are unexpired at ``now``."""
         async with self._pool.connection() as conn:
@@ -428,6 +481,7 @@ class Store:
         return int(row[0]) if row else 0
 
     @_database_errors
+    @_retry_lost_connection
     async def list_live_credentials(self, *, now: datetime) -> list[LiveCredential]:
         """Every unexpired session's stored envelope, soonest expiry first (enclave restore)."""
         async with self._pool.connection() as conn:
@@ -462,11 +516,19 @@ class Store:
 
     @_database_errors
     async def store_aggregate(
-        self, session_hash: bytes, *, seq: int, payload: JsonObject, signature: str
+        self,
+        session_hash: bytes,
+        *,
+        seq: int,
+        payload: JsonObject,
+        signature: str,
+        request_id: str | None = None,
     ) -> None:
-        """Store a signed report for the session.
+        """Store a signed report for the session and its 'aggregates' ops-log entry.
 
-        ``SessionNotFound`` if there is no such session, ``Conflict`` if ``seq`` exists.
+        One statement writes both, so a report never lacks its log entry and the
+        request costs one round trip. ``SessionNotFound`` if there is no such session,
+        ``Conflict`` if ``seq`` exists.
 
         ``payload`` is stored as jsonb: key order and whitespace are not kept, so
         verifiers re-canonicalise it (RFC 8785) before checking ``signature``.
@@ -474,21 +536,29 @@ class Store:
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 """
-                INSERT INTO aggregates (session_id, seq, payload, signature)
-                SELECT id, %(seq)s, %(payload)s, %(signature)s
-                FROM sessions WHERE session_hash = %(session_hash)s
+                WITH report AS (
+                    INSERT INTO aggregates (session_id, seq, payload, signature)
+                    SELECT id, %(seq)s, %(payload)s, %(signature)s
+                    FROM sessions WHERE session_hash = %(session_hash)s
+                    RETURNING session_id
+                )
+                INSERT INTO ops_logs (session_id, op, request_id, details)
+                SELECT session_id, 'aggregates', %(request_id)s, %(details)s FROM report
                 """,
                 {
                     "seq": seq,
                     "payload": Jsonb(payload),
                     "signature": signature,
                     "session_hash": session_hash,
+                    "request_id": request_id,
+                    "details": Jsonb({"seq": seq}),
                 },
             )
             if cur.rowcount == 0:
                 raise SessionNotFound("no such session")
 
     @_database_errors
+    @_retry_lost_connection
     async def latest_aggregate(self, session_hash: bytes) -> AggregateRow | None:
         """The report with the highest seq for that session, or None."""
         async with self._pool.connection() as conn:
@@ -543,6 +613,7 @@ class Store:
                 raise SessionNotFound("no such session")
 
     @_database_errors
+    @_retry_lost_connection
     async def list_session_ops(self, session_hash: bytes, *, limit: int = 1000) -> list[OpsLogRow]:
         """The session's operations log, oldest first (public columns only)."""
         async with self._pool.connection() as conn:
@@ -587,6 +658,7 @@ class Store:
                 raise SessionNotFound("no such session")
 
     @_database_errors
+    @_retry_lost_connection
     async def get_record(self, record_id: UUID, session_hash: bytes) -> RecordRow | None:
         """The record if it exists AND belongs to that session, else None."""
         async with self._pool.connection() as conn:
@@ -604,6 +676,7 @@ class Store:
         return RecordRow(id=row[0], label=row[1], sealed=row[2], created_at=row[3])
 
     @_database_errors
+    @_retry_lost_connection
     async def list_records(self, session_hash: bytes, *, limit: int = 1000) -> list[RecordMeta]:
         """Metadata of the session's records, oldest first, at most ``limit``."""
         async with self._pool.connection() as conn:
@@ -623,6 +696,7 @@ class Store:
     # -- health ---------------------------------------------------------------------
 
     @_database_errors
+    @_retry_lost_connection
     async def ping(self) -> None:
         """Round-trip to the database; ``StoreUnavailable`` if it cannot be reached."""
         async with self._pool.connection() as conn:
