@@ -19,6 +19,8 @@ SANS_IO = [
     "shared.signing",
     "shared.ids",
     "shared.owner",
+    "shared.connect",
+    "shared.allowlist",
 ]
 
 
