@@ -13,12 +13,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.io.transport import VsockAddress, parse_port_map
+from shared.allowlist import Allowlist, default_allowlist
+from shared.io.transport import (
+    DEFAULT_EGRESS_VSOCK_PORT,
+    PARENT_CID,
+    VsockAddress,
+    parse_port_map,
+)
 
-__all__ = ["DEFAULT_SIM_TCP_PORT", "EnclaveConfig", "Mode"]
+__all__ = ["DEFAULT_SIM_EGRESS_TCP_PORT", "DEFAULT_SIM_TCP_PORT", "EnclaveConfig", "Mode"]
 
 DEFAULT_SIM_TCP_PORT = 15000
 """TCP port standing in for the enclave's RPC address when VSOCK_PORT_MAP is unset."""
+DEFAULT_SIM_EGRESS_TCP_PORT = 15001
+"""TCP port standing in for the parent's egress proxy when VSOCK_PORT_MAP is unset."""
 
 
 class Mode(enum.StrEnum):
@@ -64,6 +72,25 @@ class EnclaveConfig:
     purge_interval_seconds: float = 5.0
     # LOG_LEVEL (INFO). Logs never carry secrets at any level.
     log_level: str = "INFO"
+    # EGRESS_ALLOWLIST (default: api.binance.com:443, api.kraken.com:443,
+    # api.coinbase.com:443): hosts the enclave's own CONNECT proxy lets through.
+    # Security: the user's control. In production it comes from the measured image
+    # (its environment is part of the EIF), never from the parent at run time.
+    egress_allowlist: Allowlist = field(default_factory=default_allowlist)
+    # EGRESS_VSOCK_PORT (8001): the parent's egress proxy, dialled at CID 3.
+    egress_vsock_port: int = DEFAULT_EGRESS_VSOCK_PORT
+    # ENCLAVE_PROXY_PORT (0 = any free port): loopback port of the enclave-local
+    # CONNECT proxy that the exchange clients use.
+    proxy_port: int = 0
+    # EXCHANGE_CA_FILE (simulator only, default unset): an extra CA trusted for exchange
+    # TLS (the fake exchanges' test CA). Security: refused in production, where only
+    # the CA bundle baked into the image is trusted.
+    exchange_ca_file: Path | None = None
+
+    @property
+    def egress_address(self) -> VsockAddress:
+        """The parent's egress proxy as the enclave dials it."""
+        return VsockAddress(cid=PARENT_CID, port=self.egress_vsock_port)
 
     @property
     def rpc_address(self) -> VsockAddress:
@@ -116,14 +143,45 @@ class EnclaveConfig:
             enable_pq=enable_pq == "1",
             purge_interval_seconds=float(integer("PURGE_INTERVAL_SECONDS", 5, 1, 3600)),
             log_level=env.get("LOG_LEVEL", "INFO"),
+            egress_vsock_port=integer(
+                "EGRESS_VSOCK_PORT", DEFAULT_EGRESS_VSOCK_PORT, 1, 0xFFFFFFFE
+            ),
+            proxy_port=integer("ENCLAVE_PROXY_PORT", 0, 0, 65535),
+            egress_allowlist=_allowlist(env.get("EGRESS_ALLOWLIST")),
+            exchange_ca_file=_exchange_ca(env.get("EXCHANGE_CA_FILE"), mode),
         )
         if config.min_ttl_seconds > config.max_ttl_seconds:
             raise ValueError("MIN_TTL_SECONDS must not exceed MAX_TTL_SECONDS")
         if transport == "tcp-sim" and not port_map:
             # The same default the parent uses, so `python -m enclave` and
             # `python -m parent run` find each other with no environment at all.
-            port_map = {config.rpc_address: DEFAULT_SIM_TCP_PORT}
+            port_map = {
+                config.rpc_address: DEFAULT_SIM_TCP_PORT,
+                config.egress_address: DEFAULT_SIM_EGRESS_TCP_PORT,
+            }
             config = dataclasses.replace(config, port_map=port_map)
-        if transport == "tcp-sim" and config.rpc_address not in port_map:
-            raise ValueError(f"VSOCK_PORT_MAP has no entry for {config.rpc_address}")
+        if transport == "tcp-sim":
+            for address in (config.rpc_address, config.egress_address):
+                if address not in port_map:
+                    raise ValueError(f"VSOCK_PORT_MAP has no entry for {address}")
         return config
+
+
+def _allowlist(value: str | None) -> Allowlist:
+    if value is None or not value.strip():
+        return default_allowlist()
+    try:
+        return Allowlist.parse(value)
+    except ValueError as exc:
+        raise ValueError(f"EGRESS_ALLOWLIST: {exc}") from None
+
+
+def _exchange_ca(value: str | None, mode: Mode) -> Path | None:
+    if value is None or not value.strip():
+        return None
+    if mode is Mode.PRODUCTION:
+        raise ValueError("EXCHANGE_CA_FILE is a simulator setting; refused in production")
+    path = Path(value)
+    if not path.is_file():
+        raise ValueError("EXCHANGE_CA_FILE does not name a file")
+    return path

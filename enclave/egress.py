@@ -48,14 +48,17 @@ from shared.connect import (
 )
 from shared.errors import TransportError
 from shared.io.relay import CHUNK, relay
-from shared.io.transport import PARENT_CID, Transport, VsockAddress
+from shared.io.transport import (
+    DEFAULT_EGRESS_VSOCK_PORT,
+    PARENT_CID,
+    Transport,
+    VsockAddress,
+)
 
 __all__ = ["DEFAULT_EGRESS_VSOCK_PORT", "EgressProxy", "parent_egress_address"]
 
 log = structlog.get_logger("enclave.egress")
 
-DEFAULT_EGRESS_VSOCK_PORT = 8001
-"""vsock port of the parent's egress proxy (EGRESS_VSOCK_PORT)."""
 
 _WRITE_TIMEOUT = 2.0  # for the short error answers: a client that does not read is dropped
 

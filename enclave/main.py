@@ -19,6 +19,7 @@ import sys
 import structlog
 
 from enclave.config import EnclaveConfig, Mode
+from enclave.egress import EgressProxy
 from enclave.keys import boot_keys
 from enclave.measurement import simulated_pcrs
 from enclave.nsm import DevNsm, NsmClient, NsmDevice
@@ -73,6 +74,15 @@ async def run(config: EnclaveConfig, *, stop: asyncio.Event | None = None) -> No
         "vsock" if config.transport == "vsock" else "tcp-sim",
         dict(config.port_map) or None,
     )
+    # Every outbound connection of the enclave goes through this loopback CONNECT
+    # proxy, which enforces the enclave's own allowlist before the parent sees anything.
+    egress = EgressProxy(
+        transport,
+        allowlist=config.egress_allowlist,
+        parent_address=config.egress_address,
+        port=config.proxy_port,
+    )
+    await egress.start()
     server = RpcServer(service.handle)
     await server.start(transport, config.rpc_address)
     log.info(
@@ -81,6 +91,7 @@ async def run(config: EnclaveConfig, *, stop: asyncio.Event | None = None) -> No
         address=str(config.rpc_address),
         pcr0=pcr0.hex(),
         pq=keys.pq_public() is not None,
+        egress_proxy=egress.url,
     )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -101,6 +112,7 @@ async def run(config: EnclaveConfig, *, stop: asyncio.Event | None = None) -> No
         with contextlib.suppress(asyncio.CancelledError):
             await purger
         await server.close()
+        await egress.close()
         log.info("enclave_stopped")
 
 

@@ -25,12 +25,26 @@ from typing import Literal
 from psycopg import ProgrammingError
 from psycopg.conninfo import conninfo_to_dict
 
+from parent.egress import parse_host_overrides
+from shared.allowlist import Allowlist, default_allowlist
 from shared.errors import PerfAggError
-from shared.io.transport import VsockAddress, parse_port_map
+from shared.io.transport import (
+    DEFAULT_EGRESS_VSOCK_PORT,
+    PARENT_CID,
+    VsockAddress,
+    parse_port_map,
+)
 
-__all__ = ["DEFAULT_SIM_TCP_PORT", "ConfigError", "Mode", "ParentConfig"]
+__all__ = [
+    "DEFAULT_SIM_EGRESS_TCP_PORT",
+    "DEFAULT_SIM_TCP_PORT",
+    "ConfigError",
+    "Mode",
+    "ParentConfig",
+]
 
 DEFAULT_SIM_TCP_PORT = 15000
+DEFAULT_SIM_EGRESS_TCP_PORT = 15001
 """TCP port standing in for the enclave's RPC address when VSOCK_PORT_MAP is unset (tcp-sim)."""
 
 _LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
@@ -107,6 +121,21 @@ class ParentConfig:
     purge_interval_seconds: int = 60
     # LOG_LEVEL (default INFO). Logs never carry bodies, paths or session ids.
     log_level: str = "INFO"
+    # EGRESS_ALLOWLIST (default: api.binance.com:443, api.kraken.com:443,
+    # api.coinbase.com:443): the hosts the enclave may reach through the parent's egress
+    # proxy. Security: the operator's control; the enclave enforces its own list too.
+    egress_allowlist: Allowlist = field(default_factory=default_allowlist)
+    # EGRESS_VSOCK_PORT (default 8001): vsock port the egress proxy listens on.
+    egress_vsock_port: int = DEFAULT_EGRESS_VSOCK_PORT
+    # EGRESS_HOST_OVERRIDES (development only, default empty): "host:port=ip:port,...";
+    # where the egress connects for an allow-listed name (fake exchanges on loopback).
+    # The enclave still verifies TLS for the real name. Security: refused in production.
+    egress_host_overrides: Mapping[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+
+    @property
+    def egress_address(self) -> VsockAddress:
+        """Where the egress proxy listens: (parent CID, port) as the enclave dials it."""
+        return VsockAddress(cid=PARENT_CID, port=self.egress_vsock_port)
 
     @property
     def enclave_address(self) -> VsockAddress:
@@ -184,19 +213,58 @@ class ParentConfig:
             max_body_bytes=integer("MAX_BODY_BYTES", 65_536, 4096, 8 * 1024 * 1024),
             purge_interval_seconds=integer("PURGE_INTERVAL_SECONDS", 60, 1, 86_400),
             log_level=_log_level(text("LOG_LEVEL") or "INFO"),
+            egress_vsock_port=integer(
+                "EGRESS_VSOCK_PORT", DEFAULT_EGRESS_VSOCK_PORT, 1, 0xFFFFFFFE
+            ),
+            egress_allowlist=_allowlist(text("EGRESS_ALLOWLIST")),
+            egress_host_overrides=_overrides(text("EGRESS_HOST_OVERRIDES"), production=production),
         )
+        for target in config.egress_host_overrides:
+            if not config.egress_allowlist.is_allowed(*target):
+                raise ConfigError(
+                    f"EGRESS_HOST_OVERRIDES names {target[0]}:{target[1]}, "
+                    "which EGRESS_ALLOWLIST does not allow"
+                )
         if config.min_ttl_seconds > config.max_ttl_seconds:
             raise ConfigError("MIN_TTL_SECONDS must not exceed MAX_TTL_SECONDS")
         if config.transport == "tcp-sim":
             if not port_map:
                 config = dataclasses.replace(
-                    config, vsock_port_map={config.enclave_address: DEFAULT_SIM_TCP_PORT}
+                    config,
+                    vsock_port_map={
+                        config.enclave_address: DEFAULT_SIM_TCP_PORT,
+                        config.egress_address: DEFAULT_SIM_EGRESS_TCP_PORT,
+                    },
                 )
-            elif config.enclave_address not in port_map:
-                raise ConfigError(
-                    f"VSOCK_PORT_MAP has no entry for the enclave address {config.enclave_address}"
-                )
+            for name, address in (
+                ("enclave", config.enclave_address),
+                ("egress", config.egress_address),
+            ):
+                if address not in config.vsock_port_map:
+                    raise ConfigError(
+                        f"VSOCK_PORT_MAP has no entry for the {name} address {address}"
+                    )
         return config
+
+
+def _allowlist(value: str | None) -> Allowlist:
+    if value is None:
+        return default_allowlist()
+    try:
+        return Allowlist.parse(value)
+    except ValueError as exc:
+        raise ConfigError(f"EGRESS_ALLOWLIST: {exc}") from None
+
+
+def _overrides(value: str | None, *, production: bool) -> dict[tuple[str, int], tuple[str, int]]:
+    if value is None:
+        return {}
+    if production:
+        raise ConfigError("EGRESS_HOST_OVERRIDES is a development setting; refused in production")
+    try:
+        return parse_host_overrides(value)
+    except ValueError as exc:
+        raise ConfigError(f"EGRESS_HOST_OVERRIDES: {exc}") from None
 
 
 def _host(value: str) -> str:

@@ -4,8 +4,8 @@
 
     logging -> TLS files + SSL context -> database (DATABASE_URL, or the embedded
     PostgreSQL under STATE_DIR, migrated) -> Store (app_service role) -> enclave client
-    (vsock or tcp-sim, connecting in the background) -> aiohttp app (+ TTL purge)
-    -> HTTPS site on HOST:ENCLAVE_PORT
+    (vsock or tcp-sim, connecting in the background) -> egress proxy for the enclave
+    (allowlist) -> aiohttp app (+ TTL purge) -> HTTPS site on HOST:ENCLAVE_PORT
 
 and runs until cancelled, then tears everything down in reverse. The parent starts
 even when the enclave is not up yet: enclave-backed requests answer 503 until the
@@ -27,12 +27,14 @@ import structlog
 from aiohttp import web
 
 from parent.app import create_app
-from parent.config import ParentConfig
+from parent.config import Mode, ParentConfig
 from parent.db.embedded import EmbeddedPostgres
 from parent.db.store import Store
+from parent.egress import ParentEgress
 from parent.enclave_client import EnclaveClient
+from parent.metrics import ApiMetrics
 from parent.tls import TlsFiles, ensure_dev_certificates, server_ssl_context
-from shared.io.transport import transport_from_config
+from shared.io.transport import VMADDR_CID_ANY, VsockAddress, transport_from_config
 from shared.logsetup import configure_logging
 
 __all__ = ["serve", "tls_files"]
@@ -78,8 +80,22 @@ async def serve(config: ParentConfig) -> None:
         transport = transport_from_config(config.transport, config.vsock_port_map or None)
         enclave = EnclaveClient(transport, config.enclave_address)
         await enclave.start()  # returns at once when the enclave is not up yet
+        metrics = ApiMetrics()
+        egress = ParentEgress(
+            transport,
+            # On vsock the parent accepts from any CID; the simulator keys its port map
+            # on the address the enclave dials.
+            address=config.egress_address
+            if config.transport == "tcp-sim"
+            else VsockAddress(cid=VMADDR_CID_ANY, port=config.egress_vsock_port),
+            allowlist=config.egress_allowlist,
+            host_overrides=config.egress_host_overrides,
+            production=config.mode is Mode.PRODUCTION,
+            registry=metrics.registry,
+        )
+        await egress.start()
         try:
-            app = create_app(config, store=store, enclave=enclave)
+            app = create_app(config, store=store, enclave=enclave, metrics=metrics)
             # access_log=None: our own request log line replaces aiohttp's, which
             # would print concrete paths (and so session ids).
             runner = web.AppRunner(app, access_log=None)
@@ -101,5 +117,6 @@ async def serve(config: ParentConfig) -> None:
             finally:
                 await runner.cleanup()
         finally:
+            await egress.close()
             await enclave.close()
             log.info("stopped")

@@ -42,6 +42,8 @@ __all__ = ["LocalStack", "StackError", "main"]
 
 ENCLAVE_CID = 16
 ENCLAVE_RPC_PORT = 5000
+PARENT_CID = 3
+EGRESS_VSOCK_PORT = 8001
 
 
 class StackError(RuntimeError):
@@ -64,11 +66,14 @@ class LocalStack:
         *,
         parent_port: int = 3000,
         enclave_tcp_port: int = 15000,
+        egress_tcp_port: int | None = None,
         extra_env: Mapping[str, str] | None = None,
     ) -> None:
         self.state_dir = state_dir.resolve()
         self.parent_port = parent_port
         self.enclave_tcp_port = enclave_tcp_port
+        # The simulated vsock port of the parent's egress proxy (the enclave dials it).
+        self.egress_tcp_port = egress_tcp_port if egress_tcp_port is not None else free_port()
         self.extra_env = dict(extra_env or {})
         self.log_dir = self.state_dir / "logs"
         self.enclave: subprocess.Popen[bytes] | None = None
@@ -117,7 +122,10 @@ class LocalStack:
         env.update(
             {
                 "STATE_DIR": str(self.state_dir),
-                "VSOCK_PORT_MAP": f"{ENCLAVE_CID}:{ENCLAVE_RPC_PORT}={self.enclave_tcp_port}",
+                "VSOCK_PORT_MAP": (
+                    f"{ENCLAVE_CID}:{ENCLAVE_RPC_PORT}={self.enclave_tcp_port},"
+                    f"{PARENT_CID}:{EGRESS_VSOCK_PORT}={self.egress_tcp_port}"
+                ),
                 "ENCLAVE_CID": str(ENCLAVE_CID),
                 "ENCLAVE_RPC_PORT": str(ENCLAVE_RPC_PORT),
                 "ENCLAVE_MODE": "simulator",
@@ -298,9 +306,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=Path(".run"))
     parser.add_argument("--port", type=int, default=3000, help="parent HTTPS port")
     parser.add_argument("--enclave-port", type=int, default=15000, help="simulated vsock TCP port")
+    parser.add_argument(
+        "--egress-port", type=int, default=15001, help="simulated vsock TCP port of the egress"
+    )
     args = parser.parse_args(argv)
     console = Console()
-    stack = LocalStack(args.state_dir, parent_port=args.port, enclave_tcp_port=args.enclave_port)
+    stack = LocalStack(
+        args.state_dir,
+        parent_port=args.port,
+        enclave_tcp_port=args.enclave_port,
+        egress_tcp_port=args.egress_port,
+    )
     started = time.monotonic()
     try:
         console.print(f"Starting the local stack in {stack.state_dir} ...")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from enclave.config import EnclaveConfig, Mode
 from shared.io.transport import VsockAddress
 
-SIM = {"ENCLAVE_TRANSPORT": "tcp-sim", "VSOCK_PORT_MAP": "16:5000=15000"}
+SIM = {"ENCLAVE_TRANSPORT": "tcp-sim", "VSOCK_PORT_MAP": "16:5000=15000,3:8001=15001"}
 
 
 def test_simulator_defaults() -> None:
@@ -23,7 +25,10 @@ def test_simulator_defaults() -> None:
 def test_default_port_map_matches_the_parent() -> None:
     """With no environment the enclave listens where the parent looks by default."""
     config = EnclaveConfig.from_env({})
-    assert config.port_map == {VsockAddress(cid=16, port=5000): 15000}
+    assert config.port_map == {
+        VsockAddress(cid=16, port=5000): 15000,
+        VsockAddress(cid=3, port=8001): 15001,
+    }
 
 
 def test_production_refuses_the_tcp_simulator() -> None:
@@ -45,7 +50,10 @@ def test_production_with_vsock_is_accepted() -> None:
         ({"ENCLAVE_MODE": "auto"}, "ENCLAVE_MODE"),
         ({"ENCLAVE_TRANSPORT": "tcp"}, "ENCLAVE_TRANSPORT"),
         ({"ENCLAVE_TRANSPORT": "vsock"}, "only applies to ENCLAVE_TRANSPORT=tcp-sim"),
-        ({"VSOCK_PORT_MAP": "16:5001=15000"}, "no entry for vsock:16:5000"),
+        ({"VSOCK_PORT_MAP": "16:5001=15000,3:8001=1"}, "no entry for vsock:16:5000"),
+        ({"VSOCK_PORT_MAP": "16:5000=15000"}, "no entry for vsock:3:8001"),
+        ({"EGRESS_ALLOWLIST": "api.binance.com"}, "EGRESS_ALLOWLIST"),
+        ({"EXCHANGE_CA_FILE": "/no/such/file"}, "EXCHANGE_CA_FILE"),
         ({"MAX_TTL_SECONDS": "ten"}, "MAX_TTL_SECONDS must be an integer"),
         ({"MAX_TTL_SECONDS": "5"}, "MAX_TTL_SECONDS must be between"),
         ({"MIN_TTL_SECONDS": "0"}, "MIN_TTL_SECONDS must be between"),
@@ -57,3 +65,18 @@ def test_invalid_settings_name_the_variable(env: dict[str, str], message: str) -
     """Each invalid value fails at start with a message naming the variable."""
     with pytest.raises(ValueError, match=message):
         EnclaveConfig.from_env({**SIM, **env})
+
+
+def test_test_ca_is_refused_in_production(tmp_path: Path) -> None:
+    """The fake exchanges' CA may only be trusted in simulator mode."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    with pytest.raises(ValueError, match="refused in production"):
+        EnclaveConfig.from_env(
+            {
+                "ENCLAVE_MODE": "production",
+                "ENCLAVE_TRANSPORT": "vsock",
+                "EXCHANGE_CA_FILE": str(ca),
+            }
+        )
+    assert EnclaveConfig.from_env({**SIM, "EXCHANGE_CA_FILE": str(ca)}).exchange_ca_file == ca

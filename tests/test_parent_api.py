@@ -1196,7 +1196,7 @@ async def test_serve_runs_the_whole_parent_over_https(
             "ENCLAVE_PORT": str(port),
             "STATE_DIR": str(tmp_path),
             "DATABASE_URL": pg_db.app_conninfo,
-            "VSOCK_PORT_MAP": f"16:5000={transport.tcp_port(ADDRESS)}",
+            "VSOCK_PORT_MAP": f"16:5000={transport.tcp_port(ADDRESS)},3:8001={free_port()}",
             "PURGE_INTERVAL_SECONDS": "1",
         }
     )

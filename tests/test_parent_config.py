@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from parent.config import DEFAULT_SIM_TCP_PORT, ConfigError, Mode, ParentConfig
+from parent.config import (
+    DEFAULT_SIM_EGRESS_TCP_PORT,
+    DEFAULT_SIM_TCP_PORT,
+    ConfigError,
+    Mode,
+    ParentConfig,
+)
 from shared.io.transport import VsockAddress
 
 PRODUCTION = {
@@ -34,7 +40,13 @@ def test_defaults_follow_the_seed() -> None:
     assert config.tls_cert_file is None and config.tls_key_file is None
     assert config.transport == "tcp-sim"
     assert config.enclave_address == VsockAddress(cid=16, port=5000)
-    assert config.vsock_port_map == {VsockAddress(cid=16, port=5000): DEFAULT_SIM_TCP_PORT}
+    assert config.vsock_port_map == {
+        VsockAddress(cid=16, port=5000): DEFAULT_SIM_TCP_PORT,
+        VsockAddress(cid=3, port=8001): DEFAULT_SIM_EGRESS_TCP_PORT,
+    }
+    assert config.egress_allowlist.is_allowed("api.binance.com", 443)
+    assert not config.egress_allowlist.is_allowed("example.com", 443)
+    assert config.egress_host_overrides == {}
     assert config.max_body_bytes == 65_536
     assert config.purge_interval_seconds == 60
     assert config.log_level == "INFO"
@@ -154,3 +166,39 @@ def test_production_configuration_is_accepted() -> None:
     assert config.transport == "vsock"
     assert config.vsock_port_map == {}
     assert config.tls_cert_file == Path("/etc/pa/cert.pem")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"EGRESS_ALLOWLIST": "api.binance.com"}, "EGRESS_ALLOWLIST"),
+        ({"EGRESS_HOST_OVERRIDES": "nonsense"}, "EGRESS_HOST_OVERRIDES"),
+        ({"EGRESS_HOST_OVERRIDES": "evil.example:443=127.0.0.1:1"}, "does not allow"),
+        ({"EGRESS_VSOCK_PORT": "0"}, "EGRESS_VSOCK_PORT"),
+        ({"VSOCK_PORT_MAP": "16:5000=15000"}, "egress address"),
+    ],
+)
+def test_egress_settings_are_validated(env: dict[str, str], message: str) -> None:
+    """Bad egress settings fail at start with the variable named."""
+    with pytest.raises(ConfigError, match=message):
+        ParentConfig.from_env(env)
+
+
+def test_egress_overrides_are_refused_in_production() -> None:
+    """Host overrides bypass DNS and the public-address check: development only."""
+    with pytest.raises(ConfigError, match="refused in production"):
+        ParentConfig.from_env(
+            {
+                "MODE": "production",
+                "TRANSPORT": "vsock",
+                "TLS_CERT_FILE": "/x",
+                "TLS_KEY_FILE": "/y",
+                "EGRESS_HOST_OVERRIDES": "api.binance.com:443=127.0.0.1:1",
+            }
+        )
+
+
+def test_egress_overrides_for_fake_exchanges() -> None:
+    """In development an allow-listed name can be pointed at a loopback fake."""
+    config = ParentConfig.from_env({"EGRESS_HOST_OVERRIDES": "api.binance.com:443=127.0.0.1:18443"})
+    assert config.egress_host_overrides == {("api.binance.com", 443): ("127.0.0.1", 18443)}

@@ -25,6 +25,7 @@ from typing import Literal, Protocol
 from shared.errors import TransportError
 
 __all__ = [
+    "DEFAULT_EGRESS_VSOCK_PORT",
     "PARENT_CID",
     "VMADDR_CID_ANY",
     "ConnectionHandler",
@@ -41,6 +42,9 @@ PARENT_CID = 3
 
 VMADDR_CID_ANY = 0xFFFFFFFF
 """Listen on every CID (linux/vm_sockets.h)."""
+
+DEFAULT_EGRESS_VSOCK_PORT = 8001
+"""vsock port of the parent's egress proxy (EGRESS_VSOCK_PORT), dialled at PARENT_CID."""
 
 ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
