@@ -16,10 +16,13 @@ import resource
 import signal
 import sys
 
+import certifi
 import structlog
 
 from enclave.config import EnclaveConfig, Mode
 from enclave.egress import EgressProxy
+from enclave.exchanges.client import ClientSettings, exchange_tls_context
+from enclave.exchanges.polling import PollingManager
 from enclave.keys import boot_keys
 from enclave.measurement import simulated_pcrs
 from enclave.nsm import DevNsm, NsmClient, NsmDevice
@@ -59,17 +62,6 @@ async def run(config: EnclaveConfig, *, stop: asyncio.Event | None = None) -> No
     nsm = NsmClient(_device(config))
     keys = boot_keys(nsm, with_pq=config.enable_pq)
     pcr0 = nsm.describe_pcr(0).data
-    service = EnclaveService(
-        nsm=nsm,
-        keys=keys,
-        pcr0=pcr0,
-        limits=ServiceLimits(
-            max_ttl_seconds=config.max_ttl_seconds,
-            min_ttl_seconds=config.min_ttl_seconds,
-            pending_ttl_seconds=config.pending_ttl_seconds,
-            max_envelope_age_seconds=config.max_envelope_age_seconds,
-        ),
-    )
     transport = transport_from_config(
         "vsock" if config.transport == "vsock" else "tcp-sim",
         dict(config.port_map) or None,
@@ -83,6 +75,26 @@ async def run(config: EnclaveConfig, *, stop: asyncio.Event | None = None) -> No
         port=config.proxy_port,
     )
     await egress.start()
+    polling = PollingManager(
+        settings=ClientSettings(
+            # Production trusts the CA bundle shipped in the image (certifi); the
+            # simulator trusts the fake exchanges' test CA instead (EXCHANGE_CA_FILE).
+            ssl_context=exchange_tls_context(config.exchange_ca_file or certifi.where()),
+            proxy_url=egress.url,
+        )
+    )
+    service = EnclaveService(
+        nsm=nsm,
+        keys=keys,
+        pcr0=pcr0,
+        limits=ServiceLimits(
+            max_ttl_seconds=config.max_ttl_seconds,
+            min_ttl_seconds=config.min_ttl_seconds,
+            pending_ttl_seconds=config.pending_ttl_seconds,
+            max_envelope_age_seconds=config.max_envelope_age_seconds,
+        ),
+        polling=polling,
+    )
     server = RpcServer(service.handle)
     await server.start(transport, config.rpc_address)
     log.info(
@@ -112,6 +124,7 @@ async def run(config: EnclaveConfig, *, stop: asyncio.Event | None = None) -> No
         with contextlib.suppress(asyncio.CancelledError):
             await purger
         await server.close()
+        await polling.aclose()  # closes every exchange client before the tunnel goes
         await egress.close()
         log.info("enclave_stopped")
 

@@ -24,6 +24,7 @@ import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from enclave.exchanges.polling import PollingManager
 from enclave.keys import KeyRing
 from enclave.nsm import NsmClient, NsmError
 from enclave.sessions import Session, SessionTable
@@ -121,12 +122,14 @@ class EnclaveService:
         keys: KeyRing,
         pcr0: bytes,
         limits: ServiceLimits,
+        polling: PollingManager | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._nsm = nsm
         self._keys = keys
         self._pcr0_hex = pcr0.hex()
         self._limits = limits
+        self._polling = polling
         self._clock = clock
         self._sessions = SessionTable()
         self._started = clock()
@@ -169,6 +172,9 @@ class EnclaveService:
     def purge_expired(self) -> int:
         """Forget expired and abandoned sessions (credentials included)."""
         purged = self._sessions.purge(now=self._clock())
+        if self._polling is not None:
+            # Also catches sessions get_active dropped lazily on expiry.
+            self._polling.prune(self._sessions.hashes())
         if purged:
             self.counters["ttl.purged"] += purged
             log.info("sessions_purged", count=purged)
@@ -265,6 +271,10 @@ class EnclaveService:
         digest = self._hash_of(request.session_id)
         if request.commit:
             ok = self._sessions.confirm(digest, now=self._clock())
+            session = self._sessions.get_active(digest, now=self._clock()) if ok else None
+            if session is not None and self._polling is not None:
+                # Polling starts only once the parent has stored the ciphertext.
+                self._polling.start(digest, session.exchange, session.credentials)
         else:
             ok = self._sessions.discard(digest)
         if not ok:
@@ -323,6 +333,8 @@ class EnclaveService:
             required=False,
         )
         self._sessions.remove(session.session_hash)
+        if self._polling is not None:
+            self._polling.stop(session.session_hash)
         log.info("session_revoked", session=_short_hash(session.session_hash))
         return p.RevokeReply(request_id=request.request_id)
 
@@ -368,6 +380,26 @@ class EnclaveService:
     def _figures(self, session: Session) -> dict[str, Any]:
         return {"pnl": 0, "volume": 0, "trades": 0, "sharpe": 0, "win_rate": 0}
 
+    def _polling_status(self, session: Session) -> dict[str, Any]:
+        status = None if self._polling is None else self._polling.status(session.session_hash)
+        ledger = None if self._polling is None else self._polling.trades(session.session_hash)
+        if status is not None and ledger is not None:
+            # A commitment to the exact set of trades held (SHA-256 of RFC 8785 of the
+            # sorted [symbol, id] keys): lets the owner check completeness against the
+            # exchange without the ids being listed. Merkle roots replace it later.
+            keys = sorted([trade.symbol, trade.id] for trade in ledger)
+            return {**status, "trades_digest": hashlib.sha256(canonical_json(keys)).hexdigest()}
+        if status is None:
+            return {
+                "state": "not_started",
+                "last_poll": None,
+                "next_poll": None,
+                "trades_seen": 0,
+                "calls": 0,
+                "last_error": None,
+            }
+        return dict(status)
+
     def _metrics(self, request: p.SessionMetrics) -> p.MetricsReply:
         session = self._active(request.session_id)
         metrics = {
@@ -390,13 +422,10 @@ class EnclaveService:
             "expires_at": _rfc3339(session.expires_at),
             "reports_issued": session.report_seq,
             "headline": self._figures(session),
-            "polling": {
-                "state": "not_started",
-                "last_poll": None,
-                "next_poll": None,
-                "trades_seen": 0,
-                "last_error": None,
-            },
+            "polling": self._polling_status(session),
+            "completeness": None
+            if self._polling is None
+            else self._polling.completeness(session.session_hash),
         }
         return p.SummaryReply(request_id=request.request_id, summary=summary)
 

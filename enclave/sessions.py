@@ -63,6 +63,10 @@ class SessionTable:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def hashes(self) -> frozenset[bytes]:
+        """Id hashes of every session still held (pending or active)."""
+        return frozenset(self._sessions)
+
     def active_count(self) -> int:
         """Sessions confirmed by the parent and not yet expired or revoked."""
         return sum(1 for s in self._sessions.values() if s.state is SessionState.ACTIVE)

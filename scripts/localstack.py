@@ -29,7 +29,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -76,6 +76,8 @@ class LocalStack:
         self.egress_tcp_port = egress_tcp_port if egress_tcp_port is not None else free_port()
         self.extra_env = dict(extra_env or {})
         self.log_dir = self.state_dir / "logs"
+        self.fakes_dir = self.state_dir / "fakes"
+        self.fakes: subprocess.Popen[bytes] | None = None
         self.enclave: subprocess.Popen[bytes] | None = None
         self.parent: subprocess.Popen[bytes] | None = None
         self._logs: list[IO[bytes]] = []
@@ -101,6 +103,16 @@ class LocalStack:
     def pcrs_file(self) -> Path:
         """PCR0/1/2 the simulated enclave measures."""
         return self.state_dir / "expected-pcrs.json"
+
+    def fakes_info(self) -> dict[str, Any]:
+        """fakes.json: host, port, accepted credentials and trade count per fake exchange."""
+        info: dict[str, Any] = json.loads((self.fakes_dir / "fakes.json").read_text())
+        return info
+
+    def truth(self, exchange: str) -> set[tuple[str, str]]:
+        """The (symbol, trade id) keys of a fake exchange's whole history."""
+        rows = json.loads((self.fakes_dir / f"truth-{exchange}.json").read_text())
+        return {(symbol, trade_id) for symbol, trade_id in rows}
 
     def expected_pcrs(self) -> dict[int, bytes]:
         """The PCRs to pin, read from the state directory."""
@@ -137,6 +149,16 @@ class LocalStack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if (self.fakes_dir / "fakes.json").exists():
+            # Every exchange host is served by a local fake: the egress maps the real
+            # names to loopback (TLS still verifies the real name against the test CA),
+            # so nothing the stack does ever leaves this machine.
+            exchanges = self.fakes_info()["exchanges"]
+            env["EGRESS_ALLOWLIST"] = ",".join(f"{e['host']}:443" for e in exchanges.values())
+            env["EGRESS_HOST_OVERRIDES"] = ",".join(
+                f"{e['host']}:443=127.0.0.1:{e['port']}" for e in exchanges.values()
+            )
+            env["EXCHANGE_CA_FILE"] = str(self.fakes_info()["ca_file"])
         env.update(self.extra_env)
         return env
 
@@ -144,10 +166,29 @@ class LocalStack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = (self.log_dir / f"{name}.log").open("ab")
         self._logs.append(log)
-        args = [sys.executable, "-m", name] + (["run"] if name == "parent" else [])
+        args = [sys.executable, "-m", name] + (
+            ["run"]
+            if name == "parent"
+            else ["serve", "--dir", str(self.fakes_dir)]
+            if name == "tests.fakes.exchanges"
+            else []
+        )
         return subprocess.Popen(  # noqa: S603 - our own interpreter and module
             args, env=self._env(), stdout=log, stderr=subprocess.STDOUT, cwd=Path.cwd()
         )
+
+    def start_fakes(self) -> None:
+        """Start the fake Binance/Kraken/Coinbase process; wait for its fakes.json."""
+        self.fakes = self._spawn("tests.fakes.exchanges")
+        deadline = time.monotonic() + 60
+        while not (self.fakes_dir / "fakes.json").exists():
+            if self.fakes.poll() is not None:
+                raise StackError(
+                    f"fake exchanges exited:\n{self.log_tail('tests.fakes.exchanges')}"
+                )
+            if time.monotonic() > deadline:
+                raise StackError("fake exchanges not ready within 60 s")
+            time.sleep(0.05)
 
     def start_enclave(self) -> None:
         """Start the enclave process and wait until its RPC port accepts connections."""
@@ -174,6 +215,7 @@ class LocalStack:
     def start(self) -> None:
         """Enclave first (the parent would answer 503 until it is up), then the parent."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.start_fakes()
         self.start_enclave()
         self.start_parent()
 
@@ -209,10 +251,10 @@ class LocalStack:
 
     def stop(self) -> None:
         """SIGTERM both processes (parent first), then SIGKILL what is left after 15 s."""
-        for proc in (self.parent, self.enclave):
+        for proc in (self.parent, self.enclave, self.fakes):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in (self.parent, self.enclave):
+        for proc in (self.parent, self.enclave, self.fakes):
             if proc is None:
                 continue
             try:

@@ -1,0 +1,149 @@
+"""End to end through the egress: ccxt in the enclave -> enclave CONNECT proxy -> transport ->
+parent egress (allowlist, host override) -> fake exchange over TLS verified for the real name.
+
+Real processes: the fake exchanges, the enclave and the parent each run on their own;
+the test only talks HTTPS to the parent, like a user, and reads the fakes' ground truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ssl
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from scripts.localstack import LocalStack, free_port
+from shared.client import SecureClient
+from shared.encoding import canonical_json
+
+pytestmark = pytest.mark.e2e
+
+POLL_DEADLINE_S = 150
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """A stack whose exchange hosts are the local fakes (nothing leaves the machine)."""
+    local = LocalStack(
+        tmp_path_factory.mktemp("exchanges"),
+        parent_port=free_port(),
+        enclave_tcp_port=free_port(),
+        extra_env={"RATE_LIMIT_MAX": "100000"},
+    )
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+async def client(stack: LocalStack) -> AsyncIterator[SecureClient]:
+    """SDK client pinned to the stack."""
+    async with SecureClient(
+        stack.base_url,
+        expected_pcrs=stack.expected_pcrs(),
+        root_der=stack.nsm_root_der(),
+        ca_file=str(stack.ca_file),
+    ) as c:
+        yield c
+
+
+def truth_digest(keys: set[tuple[str, str]]) -> str:
+    """The same commitment the enclave reports, computed from the fake's ground truth."""
+    return hashlib.sha256(canonical_json(sorted([s, i] for s, i in keys))).hexdigest()
+
+
+async def wait_for_polling(
+    client: SecureClient, session_id: str, done: Any, deadline_s: float = POLL_DEADLINE_S
+) -> dict[str, Any]:
+    """Poll the summary until ``done(polling)`` holds; return that polling block."""
+    deadline = time.monotonic() + deadline_s
+    polling: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        polling = (await client.summary(session_id))["polling"]
+        if done(polling):
+            return polling
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"polling did not finish in time: {polling}")
+
+
+async def metrics_text(stack: LocalStack) -> str:
+    """The parent's Prometheus exposition."""
+    context = ssl.create_default_context(cafile=str(stack.ca_file))
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as http,
+        http.get(stack.base_url + "/metrics") as response,
+    ):
+        return await response.text()
+
+
+@pytest.mark.parametrize("exchange", ["binance", "kraken", "coinbase"])
+async def test_full_history_through_the_egress(
+    client: SecureClient, stack: LocalStack, exchange: str
+) -> None:
+    """The enclave fetches the fake's whole seeded history: same trade set, none doubled."""
+    fake = stack.fakes_info()["exchanges"][exchange]
+    truth = stack.truth(exchange)
+    assert len(truth) == fake["trades"] > 100
+    registration = await client.register(
+        exchange=exchange,
+        api_key=fake["credentials"]["api_key"],
+        api_secret=fake["credentials"]["api_secret"],
+        label=f"e2e-{exchange}",
+    )
+    polling = await wait_for_polling(
+        client,
+        registration.session_id,
+        lambda p: p.get("complete") or p.get("error_kind") == "auth",
+    )
+    assert polling["error_kind"] is None, polling
+    assert polling["trades_seen"] == len(truth)
+    assert polling["trades_digest"] == truth_digest(truth)
+    summary = await client.summary(registration.session_id)
+    assert summary["completeness"]["calls"] >= 1
+    # The tunnel was used: the parent counted allow-listed connections to this host.
+    assert f'egress_connections_total{{host="{fake["host"]}:443",outcome="ok"}}' in (
+        await metrics_text(stack)
+    )
+    await client.revoke(registration)
+
+
+async def test_invalid_key_stops_polling_without_retry_storm(client: SecureClient) -> None:
+    """Wrong credentials: the session shows an auth error and polling stops (no retries)."""
+    registration = await client.register(
+        exchange="binance", api_key="not-the-key", api_secret="not-the-secret"
+    )
+    polling = await wait_for_polling(
+        client, registration.session_id, lambda p: p.get("error_kind") == "auth", 60
+    )
+    assert polling["state"] == "auth_error"
+    assert "not-the-secret" not in str(polling)
+    calls = polling["calls"]
+    await asyncio.sleep(2)
+    again = (await client.summary(registration.session_id))["polling"]
+    assert again["calls"] == calls
+    assert again["state"] == "auth_error"
+    await client.revoke(registration)
+
+
+async def test_host_outside_the_allowlist_is_refused_in_the_enclave(
+    client: SecureClient, stack: LocalStack
+) -> None:
+    """An exchange not on the enclave's allowlist never reaches the parent's egress."""
+    before = await metrics_text(stack)
+    registration = await client.register(exchange="bitfinex", api_key="k", api_secret="s")
+    polling = await wait_for_polling(
+        client, registration.session_id, lambda p: p.get("error_kind") is not None, 60
+    )
+    assert polling["error_kind"] == "denied_by_egress", polling
+    after = await metrics_text(stack)
+    denied_line = 'egress_connections_total{host="denied",outcome="denied"}'
+    assert (denied_line in before) == (denied_line in after)
+    assert "bitfinex" not in after
+    await client.revoke(registration)
