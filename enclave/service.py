@@ -16,15 +16,14 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from enclave.exchanges.polling import PollingManager
 from enclave.keys import KeyRing
 from enclave.nsm import NsmClient, NsmError
 from enclave.sessions import Session, SessionTable
@@ -32,6 +31,7 @@ from shared import protocol as p
 from shared.attestation import encode_user_data
 from shared.encoding import canonical_json
 from shared.envelope import (
+    Credentials,
     Envelope,
     EnvelopeFormatError,
     EnvelopeOpener,
@@ -48,6 +48,7 @@ __all__ = [
     "EMPTY_MERKLE_ROOT",
     "METHOD_VERSION",
     "EnclaveService",
+    "PollingPort",
     "ServiceLimits",
 ]
 
@@ -66,6 +67,44 @@ _RECORD_METADATA_KEYS = frozenset({"purpose", "label"})
 _MAX_NONCE = 512  # NSM limit on the nonce field (attestation_process.md)
 _RECORD_VERSION = 1
 _RECORD_NONCE = 12
+
+
+class TradeKey(Protocol):
+    """What the service reads of a polled trade."""
+
+    @property
+    def symbol(self) -> str: ...
+
+    @property
+    def id(self) -> str: ...
+
+
+class PollingPort(Protocol):
+    """The exchange pollers as the service drives them (enclave.exchanges.PollingManager)."""
+
+    def start(self, session_hash: bytes, exchange_id: str, credentials: Credentials) -> None:
+        """Begin polling a confirmed session."""
+        ...
+
+    def stop(self, session_hash: bytes) -> bool:
+        """Stop polling a session (revoke)."""
+        ...
+
+    def prune(self, live: Collection[bytes]) -> int:
+        """Stop pollers of sessions no longer held (expiry)."""
+        ...
+
+    def status(self, session_hash: bytes) -> dict[str, Any] | None:
+        """The polling block of the summary."""
+        ...
+
+    def trades(self, session_hash: bytes) -> Iterable[TradeKey] | None:
+        """The trades read so far (a sized iterable), or None if not polled."""
+        ...
+
+    def completeness(self, session_hash: bytes) -> dict[str, Any] | None:
+        """The completeness record, JSON-ready."""
+        ...
 
 
 class ServiceLimits:
@@ -122,7 +161,7 @@ class EnclaveService:
         keys: KeyRing,
         pcr0: bytes,
         limits: ServiceLimits,
-        polling: PollingManager | None = None,
+        polling: PollingPort | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._nsm = nsm
@@ -349,18 +388,22 @@ class EnclaveService:
         session = self._active(request.session_id)
         now = self._clock()
         session.report_seq += 1
+        figures = self._figures(session)
         payload: dict[str, Any] = {
             "v": 1,
             "method": METHOD_VERSION,
             "session_hash": session.session_hash.hex(),
             "exchange": session.exchange,
             "label": session.label,
-            # No trades are polled yet: the figures are the exact values of an empty
-            # history, not placeholders.
-            "pnl": 0,
-            "sharpe": 0,
-            "volume": 0,
-            "trades": 0,
+            "pnl": figures["pnl"],
+            "sharpe": figures["sharpe"],
+            "volume": figures["volume"],
+            "trades": figures["trades"],
+            # What was read from the exchange, and how completely (issue 4's record).
+            "completeness": None
+            if self._polling is None
+            else self._polling.completeness(session.session_hash),
+            "trades_digest": self._trades_digest(session),
             "from": _rfc3339(session.created_at),
             "to": _rfc3339(now),
             "merkle_root": EMPTY_MERKLE_ROOT,
@@ -377,28 +420,43 @@ class EnclaveService:
             merkle_root=EMPTY_MERKLE_ROOT,
         )
 
+    def _trade_count(self, session: Session) -> int:
+        ledger = None if self._polling is None else self._polling.trades(session.session_hash)
+        return 0 if ledger is None else sum(1 for _ in ledger)
+
     def _figures(self, session: Session) -> dict[str, Any]:
-        return {"pnl": 0, "volume": 0, "trades": 0, "sharpe": 0, "win_rate": 0}
+        """Headline figures. Without trades they are exactly zero. With trades, the
+        FIFO aggregator (not built yet) computes them: until then they are null, never
+        a signed number that was not computed."""
+        trades = self._trade_count(session)
+        if trades == 0:
+            return {"pnl": 0, "volume": 0, "trades": 0, "sharpe": 0, "win_rate": 0}
+        return {"pnl": None, "volume": None, "trades": trades, "sharpe": None, "win_rate": None}
+
+    def _trades_digest(self, session: Session) -> str | None:
+        """SHA-256 of RFC 8785 of the sorted [symbol, id] keys of the trades held.
+
+        A commitment to the exact trade set: the owner can check completeness against
+        the exchange without the ids being listed. Merkle roots replace it later.
+        """
+        ledger = None if self._polling is None else self._polling.trades(session.session_hash)
+        if ledger is None:
+            return None
+        keys = sorted([trade.symbol, trade.id] for trade in ledger)
+        return hashlib.sha256(canonical_json(keys)).hexdigest()
 
     def _polling_status(self, session: Session) -> dict[str, Any]:
         status = None if self._polling is None else self._polling.status(session.session_hash)
-        ledger = None if self._polling is None else self._polling.trades(session.session_hash)
-        if status is not None and ledger is not None:
-            # A commitment to the exact set of trades held (SHA-256 of RFC 8785 of the
-            # sorted [symbol, id] keys): lets the owner check completeness against the
-            # exchange without the ids being listed. Merkle roots replace it later.
-            keys = sorted([trade.symbol, trade.id] for trade in ledger)
-            return {**status, "trades_digest": hashlib.sha256(canonical_json(keys)).hexdigest()}
-        if status is None:
-            return {
-                "state": "not_started",
-                "last_poll": None,
-                "next_poll": None,
-                "trades_seen": 0,
-                "calls": 0,
-                "last_error": None,
-            }
-        return dict(status)
+        if status is not None:
+            return {**status, "trades_digest": self._trades_digest(session)}
+        return {
+            "state": "not_started",
+            "last_poll": None,
+            "next_poll": None,
+            "trades_seen": 0,
+            "calls": 0,
+            "last_error": None,
+        }
 
     def _metrics(self, request: p.SessionMetrics) -> p.MetricsReply:
         session = self._active(request.session_id)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ from shared.envelope import (
     encrypt_credentials,
     seal,
 )
-from shared.ids import is_session_id
+from shared.ids import is_session_id, session_hash
 from shared.logsetup import configure_logging
 from shared.owner import owner_x25519_private
 from shared.signing import report_hash, sign_owner_proof, verify_payload
@@ -538,3 +541,110 @@ async def test_no_secret_in_replies_or_logs(
     assert log_stream.getvalue()  # the scan looked at real log output
     for canary in (CANARY_KEY, CANARY_SECRET, session_id):
         assert canary not in blob
+
+
+@dataclass(frozen=True)
+class FakeTrade:
+    """A polled trade as the service sees it."""
+
+    symbol: str
+    id: str
+
+
+class FakePolling:
+    """A small fake of the exchange pollers: records calls, serves canned trades."""
+
+    def __init__(self) -> None:
+        self.started: dict[bytes, tuple[str, Credentials]] = {}
+        self.stopped: list[bytes] = []
+        self.trade_list: list[FakeTrade] = []
+
+    def start(self, session_hash: bytes, exchange_id: str, credentials: Credentials) -> None:
+        self.started[session_hash] = (exchange_id, credentials)
+
+    def stop(self, session_hash: bytes) -> bool:
+        self.stopped.append(session_hash)
+        return self.started.pop(session_hash, None) is not None
+
+    def prune(self, live: Collection[bytes]) -> int:
+        doomed = [h for h in self.started if h not in live]
+        for digest in doomed:
+            self.stop(digest)
+        return len(doomed)
+
+    def status(self, session_hash: bytes) -> dict[str, Any] | None:
+        if session_hash not in self.started:
+            return None
+        return {"state": "polling", "trades_seen": len(self.trade_list), "calls": 3}
+
+    def trades(self, session_hash: bytes) -> list[FakeTrade] | None:
+        return self.trade_list if session_hash in self.started else None
+
+    def completeness(self, session_hash: bytes) -> dict[str, Any] | None:
+        return {"complete": True, "calls": 3} if session_hash in self.started else None
+
+
+async def test_polling_follows_the_session_lifecycle(simulator: NsmSimulator, clock: Clock) -> None:
+    """Confirm starts the poller, reports carry its trades and completeness, revoke stops it."""
+    nsm = NsmClient(simulator)
+    polling = FakePolling()
+    service = EnclaveService(
+        nsm=nsm,
+        keys=boot_keys(nsm, with_pq=False),
+        pcr0=nsm.describe_pcr(0).data,
+        limits=ServiceLimits(
+            max_ttl_seconds=86_400, pending_ttl_seconds=60, max_envelope_age_seconds=600
+        ),
+        polling=polling,
+        clock=clock,
+    )
+    enc, sig = await attested_keys(service, simulator, clock)
+    session_id = await open_session(service, enc)
+    digest = session_hash(session_id)
+    assert polling.started[digest][0] == "binance"
+    assert polling.started[digest][1].api_secret == CANARY_SECRET
+    empty = await call(service, p.Aggregates(request_id=1, session_id=session_id))
+    assert isinstance(empty, p.AggregatesReply)
+    assert empty.payload["pnl"] == 0
+    assert empty.payload["trades"] == 0
+    polling.trade_list = [FakeTrade("BTC/USDT", "2"), FakeTrade("BTC/USDT", "1")]
+    report = await call(service, p.Aggregates(request_id=2, session_id=session_id))
+    assert isinstance(report, p.AggregatesReply)
+    verify_payload(sig, report.payload, report.signature)
+    assert report.payload["trades"] == 2
+    # Not computed yet (no aggregator): null, never a signed zero that is not true.
+    assert report.payload["pnl"] is None
+    assert report.payload["completeness"] == {"complete": True, "calls": 3}
+    expected = hashlib.sha256(b'[["BTC/USDT","1"],["BTC/USDT","2"]]').hexdigest()
+    assert report.payload["trades_digest"] == expected
+    summary = await call(service, p.Summary(request_id=3, session_id=session_id))
+    assert isinstance(summary, p.SummaryReply)
+    assert summary.summary["polling"]["trades_digest"] == expected
+    await call(
+        service,
+        p.Revoke(request_id=4, session_id=session_id, proof_timestamp=None, proof_signature=None),
+    )
+    assert polling.stopped == [digest]
+
+
+async def test_expiry_prunes_the_poller(simulator: NsmSimulator, clock: Clock) -> None:
+    """When a session expires the purge stops its poller too."""
+    nsm = NsmClient(simulator)
+    polling = FakePolling()
+    service = EnclaveService(
+        nsm=nsm,
+        keys=boot_keys(nsm, with_pq=False),
+        pcr0=nsm.describe_pcr(0).data,
+        limits=ServiceLimits(
+            max_ttl_seconds=86_400, pending_ttl_seconds=60, max_envelope_age_seconds=600
+        ),
+        polling=polling,
+        clock=clock,
+    )
+    enc, _ = await attested_keys(service, simulator, clock)
+    session_id = await open_session(
+        service, enc, metadata={"exchange": "binance", "label": "main", "ttl": 60}
+    )
+    clock.now += 61
+    service.purge_expired()
+    assert polling.stopped == [session_hash(session_id)]
