@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -37,12 +38,14 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.attestation import pcrs_from_json
+from shared.client import SecureClient, ServerRejected
 
 __all__ = ["LocalStack", "StackError", "main"]
 
 ENCLAVE_CID = 16
 ENCLAVE_RPC_PORT = 5000
 PARENT_CID = 3
+FIRST_POLL_DEADLINE_S = 150.0
 EGRESS_VSOCK_PORT = 8001
 
 
@@ -277,10 +280,34 @@ class LocalStack:
 # ---------------------------------------------------------------------- demo
 
 
+def _keys_digest(keys: set[tuple[str, str]]) -> str:
+    """SHA-256 of RFC 8785 of the sorted [symbol, id] keys (the enclave's trades_digest)."""
+    from shared.encoding import canonical_json
+
+    return hashlib.sha256(canonical_json(sorted([s, i] for s, i in keys))).hexdigest()
+
+
+async def _wait_for_first_poll(
+    client: SecureClient, session_id: str, console: Console
+) -> dict[str, Any]:
+    """Show polling progress until the first full pass is done (or fails, or 150 s pass)."""
+    deadline = time.monotonic() + FIRST_POLL_DEADLINE_S
+    polling: dict[str, Any] = {}
+    with console.status("waiting for the first poll ...") as status:
+        while time.monotonic() < deadline:
+            polling = (await client.summary(session_id))["polling"]
+            status.update(
+                f"polling: state {polling.get('state')}, {polling.get('trades_seen', 0)} trades, "
+                f"{polling.get('calls', 0)} calls"
+            )
+            if polling.get("complete") or polling.get("error_kind"):
+                break
+            await asyncio.sleep(0.5)
+    return polling
+
+
 async def run_demo(stack: LocalStack, console: Console) -> bool:
     """The seed's flow against the running stack; print each check; True if all passed."""
-    from shared.client import SecureClient, ServerRejected
-
     passed = True
 
     def check(ok: bool, what: str, detail: str = "") -> None:
@@ -303,10 +330,12 @@ async def run_demo(stack: LocalStack, console: Console) -> bool:
         check(quote.pcr0 == pcrs[0].hex(), "PCR0 matches the pinned measurement")
 
         console.print("[bold]2. Register[/bold] (credentials encrypted to the attested key)")
+        fake = stack.fakes_info()["exchanges"]["binance"]
         registration = await client.register(
             exchange="binance",
-            api_key="demo-api-key",
-            api_secret="demo-api-secret",  # noqa: S106 - demo value, the exchange is fake
+            # The keys the local fake Binance accepts (random test keys, see fakes.json).
+            api_key=fake["credentials"]["api_key"],
+            api_secret=fake["credentials"]["api_secret"],
             label="demo",
             ttl=3600,
         )
@@ -314,23 +343,41 @@ async def run_demo(stack: LocalStack, console: Console) -> bool:
             bool(registration.session_id), "session created", f"expires {registration.expires_at}"
         )
 
-        console.print("[bold]3. Signed aggregates[/bold]")
+        console.print(
+            "[bold]3. Polling[/bold] (enclave -> CONNECT proxy -> vsock -> parent egress -> "
+            f"fake {fake['host']}, TLS verified for the real name)"
+        )
+        polling = await _wait_for_first_poll(client, registration.session_id, console)
+        truth = stack.truth("binance")
+        check(
+            polling.get("complete") is True and polling.get("error_kind") is None,
+            "full history read",
+            f"{polling.get('trades_seen')} trades in {polling.get('calls')} exchange calls",
+        )
+        check(
+            polling.get("trades_digest") == _keys_digest(truth),
+            "the trade set equals the fake exchange's ground truth",
+            f"{len(truth)} trades, none missing, none doubled",
+        )
+
+        console.print("[bold]4. Signed aggregates[/bold]")
         report = await client.aggregates(registration.session_id)
         check(True, "signature verified with the attested Ed25519 key")
-        table = Table(show_header=True)
-        for name in ("pnl", "sharpe", "volume", "trades", "from", "to", "seq"):
-            table.add_column(name)
-        table.add_row(
-            *(
-                str(report.payload[k])
-                for k in ("pnl", "sharpe", "volume", "trades", "from", "to", "seq")
-            )
+        check(
+            report.payload.get("trades") == len(truth),
+            "the signed report counts every trade",
+            "PnL, Sharpe and volume come with the FIFO aggregator (null until then)",
         )
+        table = Table(show_header=True)
+        columns = ("trades", "pnl", "sharpe", "volume", "from", "to", "seq")
+        for name in columns:
+            table.add_column(name)
+        table.add_row(*(str(report.payload[k]) for k in columns))
         console.print(table)
         summary = await client.summary(registration.session_id)
         check(summary.get("status") == "active", "summary says the session is active")
 
-        console.print("[bold]4. Revoke[/bold] (owner-signed)")
+        console.print("[bold]5. Revoke[/bold] (owner-signed)")
         result = await client.revoke(registration)
         check(result.get("success") is True, "revoked", str(result.get("message")))
         try:
