@@ -71,13 +71,17 @@ class LocalStack:
         enclave_tcp_port: int = 15000,
         egress_tcp_port: int | None = None,
         extra_env: Mapping[str, str] | None = None,
+        enclave_extra_allow: tuple[str, ...] = (),
     ) -> None:
+        """``enclave_extra_allow``: allowlist entries the enclave has and the parent does
+        not, for tests of the parent's own refusal."""
         self.state_dir = state_dir.resolve()
         self.parent_port = parent_port
         self.enclave_tcp_port = enclave_tcp_port
         # The simulated vsock port of the parent's egress proxy (the enclave dials it).
         self.egress_tcp_port = egress_tcp_port if egress_tcp_port is not None else free_port()
         self.extra_env = dict(extra_env or {})
+        self.enclave_extra_allow = enclave_extra_allow
         self.log_dir = self.state_dir / "logs"
         self.fakes_dir = self.state_dir / "fakes"
         self.fakes: subprocess.Popen[bytes] | None = None
@@ -112,6 +116,19 @@ class LocalStack:
         info: dict[str, Any] = json.loads((self.fakes_dir / "fakes.json").read_text())
         return info
 
+    def fake_admin(self, method: str, path: str, body: Any = None) -> Any:
+        """Call the fake exchanges' control API (faults, call logs); see tests.fakes."""
+        port = self.fakes_info()["admin_port"]
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return json.loads(response.read())
+
     def truth(self, exchange: str) -> set[tuple[str, str]]:
         """The (symbol, trade id) keys of a fake exchange's whole history."""
         rows = json.loads((self.fakes_dir / f"truth-{exchange}.json").read_text())
@@ -129,11 +146,11 @@ class LocalStack:
 
     # ------------------------------------------------------------------ processes
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, process: str = "") -> dict[str, str]:
+        """The environment of one process of the stack (``process``: its module name)."""
         env = dict(os.environ)
-        for name in ("DATABASE_URL",):  # the stack always uses its embedded database
-            if name not in self.extra_env:
-                env.pop(name, None)
+        if "DATABASE_URL" not in self.extra_env:
+            env.pop("DATABASE_URL", None)  # the stack always uses its embedded database
         env.update(
             {
                 "STATE_DIR": str(self.state_dir),
@@ -163,6 +180,10 @@ class LocalStack:
             )
             env["EXCHANGE_CA_FILE"] = str(self.fakes_info()["ca_file"])
         env.update(self.extra_env)
+        if process == "enclave" and self.enclave_extra_allow:
+            env["EGRESS_ALLOWLIST"] = ",".join(
+                filter(None, [env.get("EGRESS_ALLOWLIST", ""), *self.enclave_extra_allow])
+            )
         return env
 
     def _spawn(self, name: str) -> subprocess.Popen[bytes]:
@@ -177,7 +198,7 @@ class LocalStack:
             else []
         )
         return subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            args, env=self._env(), stdout=log, stderr=subprocess.STDOUT, cwd=Path.cwd()
+            args, env=self._env(name), stdout=log, stderr=subprocess.STDOUT, cwd=Path.cwd()
         )
 
     def start_fakes(self) -> None:

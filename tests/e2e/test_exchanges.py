@@ -34,6 +34,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         parent_port=free_port(),
         enclave_tcp_port=free_port(),
         extra_env={"RATE_LIMIT_MAX": "100000"},
+        # The enclave lets this one through; the parent's allowlist does not.
+        enclave_extra_allow=("www.bitstamp.net:443",),
     )
     local.start()
     try:
@@ -114,7 +116,68 @@ async def test_full_history_through_the_egress(
     await client.revoke(registration)
 
 
-async def test_invalid_key_stops_polling_without_retry_storm(client: SecureClient) -> None:
+async def test_rate_limit_and_5xx_burst_are_ridden_out(
+    client: SecureClient, stack: LocalStack
+) -> None:
+    """429s with Retry-After and a 5xx burst: the poller waits as told, then reads everything."""
+    fake = stack.fakes_info()["exchanges"]["coinbase"]
+    calls_before = len(stack.fake_admin("GET", "/calls/coinbase"))
+    stack.fake_admin(
+        "POST", "/faults/coinbase", {"kind": "rate_limit", "times": 2, "retry_after_s": 2}
+    )
+    stack.fake_admin(
+        "POST", "/faults/coinbase", {"kind": "server_error", "times": 2, "status": 503}
+    )
+    registration = await client.register(
+        exchange="coinbase",
+        api_key=fake["credentials"]["api_key"],
+        api_secret=fake["credentials"]["api_secret"],
+        label="e2e-faults",
+    )
+    polling = await wait_for_polling(
+        client,
+        registration.session_id,
+        lambda p: p.get("complete") or p.get("error_kind") == "auth",
+    )
+    assert polling["trades_digest"] == truth_digest(stack.truth("coinbase"))
+    calls = stack.fake_admin("GET", "/calls/coinbase")[calls_before:]
+    faults = [c for c in calls if c["fault"] is not None]
+    assert [c["fault"] for c in faults].count("rate_limit") == 2
+    assert [c["fault"] for c in faults].count("server_error") == 2
+    last_rate_limited = max(c["at"] for c in faults if c["fault"] == "rate_limit")
+    first_after = min(c["at"] for c in calls if c["at"] > last_rate_limited and c["fault"] is None)
+    # Retry-After: 2 was honoured (ccxt's limiter and the scheduler both wait).
+    assert first_after - last_rate_limited >= 1.8
+    await client.revoke(registration)
+
+
+async def test_host_refused_by_the_parent(client: SecureClient, stack: LocalStack) -> None:
+    """A host the enclave allows but the parent does not: the parent refuses it (403)."""
+    before = await metrics_text(stack)
+    registration = await client.register(exchange="bitstamp", api_key="k", api_secret="s")
+    polling = await wait_for_polling(
+        client, registration.session_id, lambda p: p.get("error_kind") is not None, 60
+    )
+    assert polling["error_kind"] == "denied_by_egress", polling
+    denied = 'egress_connections_total{host="denied",outcome="denied"}'
+    after = await metrics_text(stack)
+    assert denied in after
+    assert _counter(after, denied) > _counter(before, denied)
+    assert "bitstamp" not in after  # a denied name never becomes a metric label
+    await client.revoke(registration)
+
+
+def _counter(exposition: str, series: str) -> float:
+    """The value of one series in a Prometheus text exposition (0 if absent)."""
+    for line in exposition.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_invalid_key_stops_polling_without_retry_storm(
+    client: SecureClient, stack: LocalStack
+) -> None:
     """Wrong credentials: the session shows an auth error and polling stops (no retries)."""
     registration = await client.register(
         exchange="binance", api_key="not-the-key", api_secret="not-the-secret"
@@ -125,10 +188,13 @@ async def test_invalid_key_stops_polling_without_retry_storm(client: SecureClien
     assert polling["state"] == "auth_error"
     assert "not-the-secret" not in str(polling)
     calls = polling["calls"]
+    at_fake = len(stack.fake_admin("GET", "/calls/binance"))
     await asyncio.sleep(2)
     again = (await client.summary(registration.session_id))["polling"]
     assert again["calls"] == calls
     assert again["state"] == "auth_error"
+    # The exchange saw no further request either.
+    assert len(stack.fake_admin("GET", "/calls/binance")) == at_fake
     await client.revoke(registration)
 
 

@@ -10,6 +10,13 @@ Writes into DIR, then serves until SIGTERM/SIGINT:
   the number of trades in its history;
 - ``truth-<exchange>.json``: the ground truth, the sorted ``[symbol, trade_id]`` keys.
 
+A control API on plain HTTP, 127.0.0.1 only (its port is ``admin_port`` in fakes.json),
+lets tests in another process drive the faults and read the call logs:
+
+- ``POST /faults/{exchange}`` with ``{"kind": "rate_limit", "times": n, "retry_after_s": s}``,
+  ``{"kind": "server_error", "times": n, "status": 503}`` or ``{"kind": "clear"}``;
+- ``GET /calls/{exchange}``: ``[{"method", "path", "status", "error", "fault", "at"}]``.
+
 ``fakes.json`` is written last (atomically), so its presence means "ready".
 """
 
@@ -27,6 +34,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from .binance import FakeBinance, binance_history_spec
 from .coinbase import CoinbaseKey, FakeCoinbase, coinbase_history_spec
 from .common import FakeExchange, FakeTls, create_fake_tls
@@ -40,6 +49,55 @@ def _write_json(path: Path, value: Any) -> None:
     tmp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
+
+
+def _admin_app(fakes: dict[str, FakeExchange]) -> web.Application:
+    """The control API described in the module docstring."""
+
+    def fake_of(request: web.Request) -> FakeExchange:
+        name = request.match_info["exchange"]
+        if name not in fakes:
+            raise web.HTTPNotFound(text="unknown exchange")
+        return fakes[name]
+
+    async def set_fault(request: web.Request) -> web.Response:
+        fake = fake_of(request)
+        body = await request.json()
+        kind = body.get("kind")
+        if kind == "rate_limit":
+            fake.faults.rate_limit(
+                times=int(body.get("times", 1)), retry_after_s=int(body.get("retry_after_s", 1))
+            )
+        elif kind == "server_error":
+            fake.faults.server_error(
+                times=int(body.get("times", 1)), status=int(body.get("status", 503))
+            )
+        elif kind == "clear":
+            fake.faults.clear()
+        else:
+            raise web.HTTPBadRequest(text="unknown fault kind")
+        return web.json_response({"pending": fake.faults.pending})
+
+    async def calls(request: web.Request) -> web.Response:
+        fake = fake_of(request)
+        return web.json_response(
+            [
+                {
+                    "method": call.method,
+                    "path": call.path,
+                    "status": call.status,
+                    "error": call.error,
+                    "fault": call.fault,
+                    "at": call.at,
+                }
+                for call in fake.calls
+            ]
+        )
+
+    app = web.Application()
+    app.router.add_post("/faults/{exchange}", set_fault)
+    app.router.add_get("/calls/{exchange}", calls)
+    return app
 
 
 def _unique_keys(name: str, fake: FakeExchange) -> list[list[str]]:
@@ -90,6 +148,11 @@ async def serve(directory: Path, tls: FakeTls, *, seed: int, orders: int, days: 
     }
     for fake, _ in fakes.values():
         await fake.start()
+    admin = web.AppRunner(_admin_app({name: fake for name, (fake, _) in fakes.items()}))
+    await admin.setup()
+    admin_site = web.TCPSite(admin, "127.0.0.1", 0)
+    await admin_site.start()
+    admin_port = admin_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
         for name, (fake, _) in fakes.items():
             _write_json(directory / f"truth-{name}.json", _unique_keys(name, fake))
@@ -97,6 +160,7 @@ async def serve(directory: Path, tls: FakeTls, *, seed: int, orders: int, days: 
             directory / "fakes.json",
             {
                 "ca_file": str(tls.ca_file),
+                "admin_port": admin_port,
                 "exchanges": {
                     name: {
                         "host": HOSTS[name],
@@ -115,6 +179,7 @@ async def serve(directory: Path, tls: FakeTls, *, seed: int, orders: int, days: 
                 loop.add_signal_handler(signum, stop.set)
         await stop.wait()
     finally:
+        await admin.cleanup()
         for fake, _ in fakes.values():
             await fake.stop()
 

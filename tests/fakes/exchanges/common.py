@@ -531,6 +531,8 @@ class Call:
     """The exchange's error code or string (``-1021``, ``EAPI:Invalid nonce``, ...)."""
     fault: str | None = None
     """The injected fault that answered, if any."""
+    at: float = field(default_factory=time.time)
+    """When the request was answered (Unix seconds), to check backoff timing."""
 
 
 # --------------------------------------------------------------------------- server
