@@ -48,6 +48,7 @@ from shared.connect import (
 )
 from shared.errors import TransportError
 from shared.io.relay import CHUNK, relay
+from shared.io.server import ConnectionHandlers
 from shared.io.transport import (
     DEFAULT_EGRESS_VSOCK_PORT,
     PARENT_CID,
@@ -142,12 +143,15 @@ class EgressProxy:
         self._active = 0
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._handlers = ConnectionHandlers()
 
     async def start(self) -> None:
         """Listen on host:port (port 0: the system picks one; read ``port`` after)."""
         self._server = await asyncio.start_server(
-            self._serve_connection, self._host, self._port, reuse_address=True
+            self._handlers.tracked(self._serve_connection),
+            self._host,
+            self._port,
+            reuse_address=True,
         )
         self._port = int(self._server.sockets[0].getsockname()[1])
         log.info("egress_proxy_listening", port=self._port, parent=str(self._parent))
@@ -169,34 +173,16 @@ class EgressProxy:
 
     async def close(self) -> None:
         """Stop accepting and close every open tunnel."""
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        for task in list(self._connections):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        await self._handlers.close(self._server)
+        self._server = None
 
     # ------------------------------------------------------------------ per connection
 
     async def _serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        current = asyncio.current_task()
-        assert current is not None
-        self._connections.add(current)
         self._counts["connections"] += 1
-        try:
-            await self._handle(reader, writer)
-        except asyncio.CancelledError:
-            # close() cancels open tunnels. Ending normally: on 3.11, start_server's
-            # done-callback logs a cancelled handler task as an unhandled error.
-            pass
-        finally:
-            self._connections.discard(current)
+        await self._handle(reader, writer)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -20,6 +20,7 @@ import structlog
 
 from shared import protocol as p
 from shared.errors import LocalProtocolError, RemoteProtocolError
+from shared.io.server import ConnectionHandlers
 from shared.io.transport import Transport, VsockAddress
 
 __all__ = ["Handler", "RpcServer"]
@@ -36,30 +37,23 @@ class RpcServer:
         self._handler = handler
         self._max_in_flight = max_in_flight
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._handlers = ConnectionHandlers()
 
     async def start(self, transport: Transport, address: VsockAddress) -> None:
         """Listen on ``address``."""
-        self._server = await transport.start_server(self._serve_connection, address)
+        self._server = await transport.start_server(
+            self._handlers.tracked(self._serve_connection), address
+        )
         log.info("rpc_listening", address=str(address))
 
     async def close(self) -> None:
         """Stop accepting and close every open connection."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-        for task in list(self._connections):
-            task.cancel()
-        for task in list(self._connections):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._handlers.close(self._server)
+        self._server = None
 
     async def _serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        current = asyncio.current_task()
-        assert current is not None
-        self._connections.add(current)
         decoder = p.FrameDecoder()
         slots = asyncio.Semaphore(self._max_in_flight)
         calls: set[asyncio.Task[None]] = set()
@@ -83,7 +77,6 @@ class RpcServer:
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
-            self._connections.discard(current)
 
     async def _answer(
         self, request: p.Request, writer: asyncio.StreamWriter, slots: asyncio.Semaphore

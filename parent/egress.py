@@ -55,6 +55,7 @@ from shared.connect import (
     parse_connect_request,
 )
 from shared.io.relay import CHUNK, relay
+from shared.io.server import ConnectionHandlers
 from shared.io.transport import Transport, VsockAddress
 
 __all__ = [
@@ -197,7 +198,7 @@ class ParentEgress:
         self._outbound = self.metrics.bytes.labels("outbound")
         self._inbound = self.metrics.bytes.labels("inbound")
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._handlers = ConnectionHandlers()
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -211,7 +212,9 @@ class ParentEgress:
 
     async def start(self) -> None:
         """Listen on the transport address."""
-        self._server = await self._transport.start_server(self._serve_connection, self._address)
+        self._server = await self._transport.start_server(
+            self._handlers.tracked(self._handle), self._address
+        )
         log.info(
             "egress_listening",
             address=str(self._address),
@@ -221,33 +224,10 @@ class ParentEgress:
 
     async def close(self) -> None:
         """Stop accepting and close every open tunnel."""
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        for task in list(self._connections):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        await self._handlers.close(self._server)
+        self._server = None
 
     # ------------------------------------------------------------------ per stream
-
-    async def _serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        current = asyncio.current_task()
-        assert current is not None
-        self._connections.add(current)
-        try:
-            await self._handle(reader, writer)
-        except asyncio.CancelledError:
-            # close() cancels open tunnels. Ending normally: on 3.11, start_server's
-            # done-callback logs a cancelled handler task as an unhandled error.
-            pass
-        finally:
-            self._connections.discard(current)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

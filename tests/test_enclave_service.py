@@ -584,8 +584,9 @@ class FakePolling:
         return {"complete": True, "calls": 3} if session_hash in self.started else None
 
 
-async def test_polling_follows_the_session_lifecycle(simulator: NsmSimulator, clock: Clock) -> None:
-    """Confirm starts the poller, reports carry its trades and completeness, revoke stops it."""
+@pytest.fixture
+def polled(simulator: NsmSimulator, clock: Clock) -> tuple[EnclaveService, FakePolling]:
+    """A service driving a fake poller."""
     nsm = NsmClient(simulator)
     polling = FakePolling()
     service = EnclaveService(
@@ -598,6 +599,14 @@ async def test_polling_follows_the_session_lifecycle(simulator: NsmSimulator, cl
         polling=polling,
         clock=clock,
     )
+    return service, polling
+
+
+async def test_polling_follows_the_session_lifecycle(
+    polled: tuple[EnclaveService, FakePolling], simulator: NsmSimulator, clock: Clock
+) -> None:
+    """Confirm starts the poller, reports carry its trades and completeness, revoke stops it."""
+    service, polling = polled
     enc, sig = await attested_keys(service, simulator, clock)
     session_id = await open_session(service, enc)
     digest = session_hash(session_id)
@@ -627,20 +636,11 @@ async def test_polling_follows_the_session_lifecycle(simulator: NsmSimulator, cl
     assert polling.stopped == [digest]
 
 
-async def test_expiry_prunes_the_poller(simulator: NsmSimulator, clock: Clock) -> None:
+async def test_expiry_prunes_the_poller(
+    polled: tuple[EnclaveService, FakePolling], simulator: NsmSimulator, clock: Clock
+) -> None:
     """When a session expires the purge stops its poller too."""
-    nsm = NsmClient(simulator)
-    polling = FakePolling()
-    service = EnclaveService(
-        nsm=nsm,
-        keys=boot_keys(nsm, with_pq=False),
-        pcr0=nsm.describe_pcr(0).data,
-        limits=ServiceLimits(
-            max_ttl_seconds=86_400, pending_ttl_seconds=60, max_envelope_age_seconds=600
-        ),
-        polling=polling,
-        clock=clock,
-    )
+    service, polling = polled
     enc, _ = await attested_keys(service, simulator, clock)
     session_id = await open_session(
         service, enc, metadata={"exchange": "binance", "label": "main", "ttl": 60}

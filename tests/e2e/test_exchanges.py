@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -42,18 +42,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         yield local
     finally:
         local.stop()
-
-
-@pytest.fixture
-async def client(stack: LocalStack) -> AsyncIterator[SecureClient]:
-    """SDK client pinned to the stack."""
-    async with SecureClient(
-        stack.base_url,
-        expected_pcrs=stack.expected_pcrs(),
-        root_der=stack.nsm_root_der(),
-        ca_file=str(stack.ca_file),
-    ) as c:
-        yield c
 
 
 def truth_digest(keys: set[tuple[str, str]]) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import aiohttp
 import psycopg
@@ -49,18 +49,6 @@ def connector(stack: LocalStack, source_ip: str) -> aiohttp.TCPConnector:
     """HTTPS from a chosen loopback source address (the rate limit is per client IP)."""
     context = ssl.create_default_context(cafile=str(stack.ca_file))
     return aiohttp.TCPConnector(ssl=context, local_addr=(source_ip, 0))
-
-
-@pytest.fixture
-async def client(stack: LocalStack) -> AsyncIterator[SecureClient]:
-    """SDK client pinned to this stack."""
-    async with SecureClient(
-        stack.base_url,
-        expected_pcrs=stack.expected_pcrs(),
-        root_der=stack.nsm_root_der(),
-        ca_file=str(stack.ca_file),
-    ) as c:
-        yield c
 
 
 def rows_of(stack: LocalStack, session_id: str) -> int:

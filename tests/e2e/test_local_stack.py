@@ -58,18 +58,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 
 @pytest.fixture
-async def client(stack: LocalStack) -> AsyncIterator[SecureClient]:
-    """The SDK client pinned to the stack's simulator root and PCRs."""
-    async with SecureClient(
-        stack.base_url,
-        expected_pcrs=stack.expected_pcrs(),
-        root_der=stack.nsm_root_der(),
-        ca_file=str(stack.ca_file),
-    ) as c:
-        yield c
-
-
-@pytest.fixture
 async def http(stack: LocalStack) -> AsyncIterator[aiohttp.ClientSession]:
     """A raw HTTPS client trusting the dev CA (for error cases the SDK would not send)."""
     context = ssl.create_default_context(cafile=str(stack.ca_file))
