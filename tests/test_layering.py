@@ -21,6 +21,7 @@ SANS_IO = [
     "shared.owner",
     "shared.connect",
     "shared.allowlist",
+    "shared.merkle",
 ]
 
 
