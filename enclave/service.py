@@ -16,7 +16,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from enclave.commitments import TradeSource
 from enclave.keys import KeyRing
 from enclave.nsm import NsmClient, NsmError
 from enclave.sessions import Session, SessionTable
@@ -69,16 +70,6 @@ _RECORD_VERSION = 1
 _RECORD_NONCE = 12
 
 
-class TradeKey(Protocol):
-    """What the service reads of a polled trade."""
-
-    @property
-    def symbol(self) -> str: ...
-
-    @property
-    def id(self) -> str: ...
-
-
 class PollingPort(Protocol):
     """The exchange pollers as the service drives them (enclave.exchanges.PollingManager)."""
 
@@ -98,8 +89,8 @@ class PollingPort(Protocol):
         """The polling block of the summary."""
         ...
 
-    def trades(self, session_hash: bytes) -> Iterable[TradeKey] | None:
-        """The trades read so far (a sized iterable), or None if not polled."""
+    def trades(self, session_hash: bytes) -> TradeSource | None:
+        """The trades read so far, in read order, or None if not polled."""
         ...
 
     def completeness(self, session_hash: bytes) -> dict[str, Any] | None:
@@ -406,7 +397,7 @@ class EnclaveService:
             "trades_digest": self._trades_digest(session),
             "from": _rfc3339(session.created_at),
             "to": _rfc3339(now),
-            "merkle_root": EMPTY_MERKLE_ROOT,
+            "merkle_root": session.commitments.root_hex(),
             "pcr0": self._pcr0_hex,
             "issued_at": _rfc3339(now),
             "seq": session.report_seq,
@@ -417,18 +408,21 @@ class EnclaveService:
             request_id=request.request_id,
             payload=payload,
             signature=signature,
-            merkle_root=EMPTY_MERKLE_ROOT,
+            merkle_root=payload["merkle_root"],
         )
 
-    def _trade_count(self, session: Session) -> int:
+    def _commit_trades(self, session: Session) -> int:
+        """Bring the session's Merkle commitment up to date; return the trade count."""
         ledger = None if self._polling is None else self._polling.trades(session.session_hash)
-        return 0 if ledger is None else sum(1 for _ in ledger)
+        if ledger is not None:
+            session.commitments.sync(ledger)
+        return session.commitments.size
 
     def _figures(self, session: Session) -> dict[str, Any]:
         """Headline figures. Without trades they are exactly zero. With trades, the
         FIFO aggregator (not built yet) computes them: until then they are null, never
         a signed number that was not computed."""
-        trades = self._trade_count(session)
+        trades = self._commit_trades(session)
         if trades == 0:
             return {"pnl": 0, "volume": 0, "trades": 0, "sharpe": 0, "win_rate": 0}
         return {"pnl": None, "volume": None, "trades": trades, "sharpe": None, "win_rate": None}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from enclave.commitments import TradeCommitments
 from shared.envelope import Credentials
 
 __all__ = ["Session", "SessionState", "SessionTable"]
@@ -46,6 +47,7 @@ class Session:
     state: SessionState = SessionState.PENDING
     report_seq: int = 0
     prev_report_hash: str | None = None
+    commitments: TradeCommitments = field(default_factory=TradeCommitments)
 
     @property
     def owner_pub(self) -> bytes | None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from enclave.commitments import leaf_fields
 from enclave.keys import boot_keys
 from enclave.measurement import simulated_pcrs
 from enclave.nsm import NsmClient
@@ -31,6 +32,7 @@ from shared.envelope import (
 )
 from shared.ids import is_session_id, session_hash
 from shared.logsetup import configure_logging
+from shared.merkle import leaf_hash, trade_leaf, verify_consistency, verify_inclusion
 from shared.owner import owner_x25519_private
 from shared.signing import report_hash, sign_owner_proof, verify_payload
 
@@ -545,10 +547,25 @@ async def test_no_secret_in_replies_or_logs(
 
 @dataclass(frozen=True)
 class FakeTrade:
-    """A polled trade as the service sees it."""
+    """A polled trade as the service sees it (numbers as exchange strings)."""
 
     symbol: str
     id: str
+    order_id: str | None = "o-1"
+    side: str = "buy"
+    price: str = "100.5"
+    amount: str = "0.25"
+    cost: str | None = "25.125"
+    fee_cost: str | None = "0.01"
+    fee_currency: str | None = "USDT"
+    timestamp: int = 1_700_000_000_000
+
+
+class FakeLedger(list[FakeTrade]):
+    """An append-only trade list with the ledger's ``since``."""
+
+    def since(self, index: int) -> list[FakeTrade]:
+        return self[index:]
 
 
 class FakePolling:
@@ -557,7 +574,7 @@ class FakePolling:
     def __init__(self) -> None:
         self.started: dict[bytes, tuple[str, Credentials]] = {}
         self.stopped: list[bytes] = []
-        self.trade_list: list[FakeTrade] = []
+        self.trade_list = FakeLedger()
 
     def start(self, session_hash: bytes, exchange_id: str, credentials: Credentials) -> None:
         self.started[session_hash] = (exchange_id, credentials)
@@ -577,7 +594,7 @@ class FakePolling:
             return None
         return {"state": "polling", "trades_seen": len(self.trade_list), "calls": 3}
 
-    def trades(self, session_hash: bytes) -> list[FakeTrade] | None:
+    def trades(self, session_hash: bytes) -> FakeLedger | None:
         return self.trade_list if session_hash in self.started else None
 
     def completeness(self, session_hash: bytes) -> dict[str, Any] | None:
@@ -616,7 +633,7 @@ async def test_polling_follows_the_session_lifecycle(
     assert isinstance(empty, p.AggregatesReply)
     assert empty.payload["pnl"] == 0
     assert empty.payload["trades"] == 0
-    polling.trade_list = [FakeTrade("BTC/USDT", "2"), FakeTrade("BTC/USDT", "1")]
+    polling.trade_list.extend([FakeTrade("BTC/USDT", "2"), FakeTrade("BTC/USDT", "1")])
     report = await call(service, p.Aggregates(request_id=2, session_id=session_id))
     assert isinstance(report, p.AggregatesReply)
     verify_payload(sig, report.payload, report.signature)
@@ -626,9 +643,36 @@ async def test_polling_follows_the_session_lifecycle(
     assert report.payload["completeness"] == {"complete": True, "calls": 3}
     expected = hashlib.sha256(b'[["BTC/USDT","1"],["BTC/USDT","2"]]').hexdigest()
     assert report.payload["trades_digest"] == expected
+    # The Merkle root commits to the two salted trade leaves; it only grows.
+    assert report.payload["merkle_root"] == report.merkle_root != EMPTY_MERKLE_ROOT
+    first_root = bytes.fromhex(report.merkle_root)
+    polling.trade_list.append(FakeTrade("ETH/USDT", "9", side="sell"))
+    later = await call(service, p.Aggregates(request_id=5, session_id=session_id))
+    assert isinstance(later, p.AggregatesReply)
+    assert later.payload["trades"] == 3
+    tree = service.sessions.get_active(session_hash(session_id), now=clock.now)
+    assert tree is not None
+    verify_consistency(
+        2,
+        3,
+        first_root,
+        bytes.fromhex(later.merkle_root),
+        tree.commitments.tree.consistency_proof(2, 3),
+    )
+    # A disclosed trade (fields + salt) is provably in the signed root.
+    leaf = trade_leaf(
+        leaf_fields(FakeTrade("ETH/USDT", "9", side="sell")), tree.commitments.salt(2)
+    )
+    verify_inclusion(
+        leaf_hash(leaf),
+        2,
+        3,
+        tree.commitments.tree.inclusion_proof(2, 3),
+        bytes.fromhex(later.merkle_root),
+    )
     summary = await call(service, p.Summary(request_id=3, session_id=session_id))
     assert isinstance(summary, p.SummaryReply)
-    assert summary.summary["polling"]["trades_digest"] == expected
+    assert summary.summary["polling"]["trades_digest"] != expected
     await call(
         service,
         p.Revoke(request_id=4, session_id=session_id, proof_timestamp=None, proof_signature=None),
