@@ -97,6 +97,11 @@ async def test_full_history_through_the_egress(
     assert polling["trades_digest"] == truth_digest(truth)
     summary = await client.summary(registration.session_id)
     assert summary["completeness"]["calls"] >= 1
+    report = await client.aggregates(registration.session_id)  # signature verified by the SDK
+    assert report.payload["trades"] == len(truth)
+    assert report.payload["completeness"]["complete"] is True
+    assert report.payload["trades_digest"] == truth_digest(truth)
+    assert report.merkle_root == report.payload["merkle_root"] != hashlib.sha256(b"").hexdigest()
     # The tunnel was used: the parent counted allow-listed connections to this host.
     assert f'egress_connections_total{{host="{fake["host"]}:443",outcome="ok"}}' in (
         await metrics_text(stack)
