@@ -386,10 +386,7 @@ class EnclaveService:
             "session_hash": session.session_hash.hex(),
             "exchange": session.exchange,
             "label": session.label,
-            "pnl": figures["pnl"],
-            "sharpe": figures["sharpe"],
-            "volume": figures["volume"],
-            "trades": figures["trades"],
+            **figures,
             # What was read from the exchange, and how completely (issue 4's record).
             "completeness": None
             if self._polling is None
@@ -415,17 +412,35 @@ class EnclaveService:
         """Bring the session's Merkle commitment up to date; return the trade count."""
         ledger = None if self._polling is None else self._polling.trades(session.session_hash)
         if ledger is not None:
+            new = ledger.since(session.commitments.size)
             session.commitments.sync(ledger)
+            # The aggregator takes each trade once, in read order: O(new trades).
+            session.aggregator.add(new)  # type: ignore[arg-type]
         return session.commitments.size
 
     def _figures(self, session: Session) -> dict[str, Any]:
-        """Headline figures. Without trades they are exactly zero. With trades, the
-        FIFO aggregator (not built yet) computes them: until then they are null, never
-        a signed number that was not computed."""
-        trades = self._commit_trades(session)
-        if trades == 0:
-            return {"pnl": 0, "volume": 0, "trades": 0, "sharpe": 0, "win_rate": 0}
-        return {"pnl": None, "volume": None, "trades": trades, "sharpe": None, "win_rate": None}
+        """Headline figures from the FIFO aggregator (docs/metrics.md), decimals as strings."""
+        self._commit_trades(session)
+        metrics = session.aggregator.snapshot()
+        round_trips = metrics["round_trips"]
+        return {
+            "trades": metrics["trades"]["count"],
+            "orders": metrics["trades"]["orders"],
+            "pnl": metrics["pnl"]["net"],
+            "pnl_gross": metrics["pnl"]["gross"],
+            "fees": metrics["pnl"]["fees"],
+            "volume": metrics["volume"],
+            "return_pct": metrics["return_pct"],
+            "sharpe": metrics["sharpe"],
+            "sortino": metrics["sortino"],
+            "max_drawdown": metrics["max_drawdown"],
+            "win_rate": round_trips["win_rate"],
+            "profit_factor": round_trips["profit_factor"],
+            "expectancy": round_trips["expectancy"],
+            "reporting_currency": metrics["reporting_currency"],
+            "fully_priced": metrics["unpriced"]["fully_priced"],
+            "metrics_method": metrics["method"],
+        }
 
     def _trades_digest(self, session: Session) -> str | None:
         """SHA-256 of RFC 8785 of the sorted [symbol, id] keys of the trades held.
@@ -454,14 +469,15 @@ class EnclaveService:
 
     def _metrics(self, request: p.SessionMetrics) -> p.MetricsReply:
         session = self._active(request.session_id)
-        metrics = {
+        metrics: dict[str, Any] = {
             "exchange": session.exchange,
             "label": session.label,
             "window": {"from": _rfc3339(session.created_at), "to": _rfc3339(self._clock())},
             "totals": self._figures(session),
-            "per_symbol": [],
-            "daily": [],
         }
+        detail = session.aggregator.snapshot()
+        for key in ("symbols", "daily", "positions", "pricing", "unpriced", "conventions"):
+            metrics[key] = detail[key]
         return p.MetricsReply(request_id=request.request_id, metrics=metrics)
 
     def _summary(self, request: p.Summary) -> p.SummaryReply:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from enclave.aggregator import Aggregator
 from enclave.commitments import TradeCommitments
 from shared.envelope import Credentials
 
@@ -48,6 +49,7 @@ class Session:
     report_seq: int = 0
     prev_report_hash: str | None = None
     commitments: TradeCommitments = field(default_factory=TradeCommitments)
+    aggregator: Aggregator = field(default_factory=Aggregator, repr=False)
 
     @property
     def owner_pub(self) -> bytes | None:

@@ -387,10 +387,10 @@ async def run_demo(stack: LocalStack, console: Console) -> bool:
         check(
             report.payload.get("trades") == len(truth),
             "the signed report counts every trade",
-            "PnL, Sharpe and volume come with the FIFO aggregator (null until then)",
+            f"FIFO metrics in {report.payload.get('reporting_currency')} (docs/metrics.md)",
         )
         table = Table(show_header=True)
-        columns = ("trades", "pnl", "sharpe", "volume", "from", "to", "seq")
+        columns = ("trades", "pnl", "return_pct", "sharpe", "win_rate", "volume", "seq")
         for name in columns:
             table.add_column(name)
         table.add_row(*(str(report.payload[k]) for k in columns))

@@ -193,7 +193,9 @@ async def test_submit_confirm_and_signed_report(
     assert isinstance(reply, p.AggregatesReply)
     verify_payload(sig, reply.payload, reply.signature)
     payload = reply.payload
-    assert payload["pnl"] == 0 and payload["trades"] == 0 and payload["volume"] == 0
+    # The exact figures of an empty history: decimal strings, no ratio without data.
+    assert payload["pnl"] == "0" and payload["trades"] == 0 and payload["volume"] == "0"
+    assert payload["sharpe"] is None
     assert payload["method"] == METHOD_VERSION
     assert payload["merkle_root"] == EMPTY_MERKLE_ROOT == reply.merkle_root
     assert payload["pcr0"] == simulated_pcrs()[0].hex()
@@ -631,15 +633,18 @@ async def test_polling_follows_the_session_lifecycle(
     assert polling.started[digest][1].api_secret == CANARY_SECRET
     empty = await call(service, p.Aggregates(request_id=1, session_id=session_id))
     assert isinstance(empty, p.AggregatesReply)
-    assert empty.payload["pnl"] == 0
+    assert empty.payload["pnl"] == "0"
     assert empty.payload["trades"] == 0
     polling.trade_list.extend([FakeTrade("BTC/USDT", "2"), FakeTrade("BTC/USDT", "1")])
     report = await call(service, p.Aggregates(request_id=2, session_id=session_id))
     assert isinstance(report, p.AggregatesReply)
     verify_payload(sig, report.payload, report.signature)
     assert report.payload["trades"] == 2
-    # Not computed yet (no aggregator): null, never a signed zero that is not true.
-    assert report.payload["pnl"] is None
+    # Two buys of 0.25 at 100.5 (cost 25.125, fee 0.01 USDT each): nothing realized yet.
+    assert report.payload["pnl_gross"] == "0"
+    assert report.payload["fees"] == "0.02"
+    assert report.payload["pnl"] == "-0.02"
+    assert report.payload["volume"] == "50.25"
     assert report.payload["completeness"] == {"complete": True, "calls": 3}
     expected = hashlib.sha256(b'[["BTC/USDT","1"],["BTC/USDT","2"]]').hexdigest()
     assert report.payload["trades_digest"] == expected
