@@ -10,7 +10,6 @@ session id, no exception text ever goes into a reply or a log line.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import time
@@ -42,11 +41,11 @@ from shared.envelope import (
 )
 from shared.errors import EnvelopeError, SignatureError
 from shared.ids import is_session_id, new_session_id, session_hash
+from shared.merkle import trade_set_digest
 from shared.owner import owner_x25519_public
 from shared.signing import OwnerProof, sign_payload_and_hash, verify_owner_proof
 
 __all__ = [
-    "EMPTY_MERKLE_ROOT",
     "METHOD_VERSION",
     "EnclaveService",
     "PollingPort",
@@ -58,8 +57,6 @@ log = structlog.get_logger("enclave.service")
 METHOD_VERSION = "perf-aggregator/aggregates/v1"
 """Names the computation behind a signed report; bumped whenever a definition changes."""
 
-EMPTY_MERKLE_ROOT = hashlib.sha256(b"").hexdigest()
-"""RFC 6962 section 2.1: the hash of an empty tree is SHA-256 of the empty string."""
 
 _EXCHANGE = re.compile(r"\A[a-z][a-z0-9_]{0,31}\Z")  # a ccxt exchange id
 _MAX_LABEL = 64
@@ -443,16 +440,9 @@ class EnclaveService:
         }
 
     def _trades_digest(self, session: Session) -> str | None:
-        """SHA-256 of RFC 8785 of the sorted [symbol, id] keys of the trades held.
-
-        A commitment to the exact trade set: the owner can check completeness against
-        the exchange without the ids being listed. Merkle roots replace it later.
-        """
+        """The unsalted commitment to which trades are held (shared.merkle.trade_set_digest)."""
         ledger = None if self._polling is None else self._polling.trades(session.session_hash)
-        if ledger is None:
-            return None
-        keys = sorted([trade.symbol, trade.id] for trade in ledger)
-        return hashlib.sha256(canonical_json(keys)).hexdigest()
+        return None if ledger is None else trade_set_digest((t.symbol, t.id) for t in ledger)
 
     def _polling_status(self, session: Session) -> dict[str, Any]:
         status = None if self._polling is None else self._polling.status(session.session_hash)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import signal
@@ -39,6 +38,7 @@ from rich.table import Table
 
 from shared.attestation import pcrs_from_json
 from shared.client import SecureClient, ServerRejected
+from shared.merkle import trade_set_digest
 
 __all__ = ["LocalStack", "StackError", "main"]
 
@@ -301,13 +301,6 @@ class LocalStack:
 # ---------------------------------------------------------------------- demo
 
 
-def _keys_digest(keys: set[tuple[str, str]]) -> str:
-    """SHA-256 of RFC 8785 of the sorted [symbol, id] keys (the enclave's trades_digest)."""
-    from shared.encoding import canonical_json
-
-    return hashlib.sha256(canonical_json(sorted([s, i] for s, i in keys))).hexdigest()
-
-
 async def _wait_for_first_poll(
     client: SecureClient, session_id: str, console: Console
 ) -> dict[str, Any]:
@@ -376,7 +369,7 @@ async def run_demo(stack: LocalStack, console: Console) -> bool:
             f"{polling.get('trades_seen')} trades in {polling.get('calls')} exchange calls",
         )
         check(
-            polling.get("trades_digest") == _keys_digest(truth),
+            polling.get("trades_digest") == trade_set_digest(truth),
             "the trade set equals the fake exchange's ground truth",
             f"{len(truth)} trades, none missing, none doubled",
         )

@@ -61,6 +61,7 @@ __all__ = [
     "leaf_hash",
     "new_trade_salt",
     "trade_leaf",
+    "trade_set_digest",
     "tree_head_payload",
     "verify_consistency",
     "verify_inclusion",
@@ -414,6 +415,16 @@ def verify_consistency(
 def new_trade_salt() -> bytes:
     """A fresh 32-byte CSPRNG salt for one trade leaf. Side: enclave."""
     return secrets.token_bytes(TRADE_SALT_BYTES)
+
+
+def trade_set_digest(keys: Iterable[tuple[str, str]]) -> str:
+    """SHA-256 (hex) of RFC 8785 of the sorted ``[symbol, trade id]`` keys.
+
+    An unsalted commitment to *which* trades a session holds (not their contents):
+    the owner compares it with the same digest of the exchange's own history to check
+    completeness. The salted Merkle root commits to the contents.
+    """
+    return hashlib.sha256(canonical_json(sorted([s, i] for s, i in keys))).hexdigest()
 
 
 def trade_leaf(fields: Mapping[str, str], salt: bytes) -> bytes:

@@ -19,7 +19,7 @@ from enclave.keys import boot_keys
 from enclave.measurement import simulated_pcrs
 from enclave.nsm import NsmClient
 from enclave.nsm_simulator import NsmSimulator
-from enclave.service import EMPTY_MERKLE_ROOT, METHOD_VERSION, EnclaveService, ServiceLimits
+from enclave.service import METHOD_VERSION, EnclaveService, ServiceLimits
 from shared import protocol as p
 from shared.attestation import AttestationVerifier
 from shared.envelope import (
@@ -32,7 +32,7 @@ from shared.envelope import (
 )
 from shared.ids import is_session_id, session_hash
 from shared.logsetup import configure_logging
-from shared.merkle import leaf_hash, trade_leaf, verify_consistency, verify_inclusion
+from shared.merkle import EMPTY_ROOT, leaf_hash, trade_leaf, verify_consistency, verify_inclusion
 from shared.owner import owner_x25519_private
 from shared.signing import report_hash, sign_owner_proof, verify_payload
 
@@ -197,7 +197,7 @@ async def test_submit_confirm_and_signed_report(
     assert payload["pnl"] == "0" and payload["trades"] == 0 and payload["volume"] == "0"
     assert payload["sharpe"] is None
     assert payload["method"] == METHOD_VERSION
-    assert payload["merkle_root"] == EMPTY_MERKLE_ROOT == reply.merkle_root
+    assert payload["merkle_root"] == EMPTY_ROOT.hex() == reply.merkle_root
     assert payload["pcr0"] == simulated_pcrs()[0].hex()
     assert payload["seq"] == 1 and payload["prev_report_hash"] is None
     assert session_id not in json.dumps(payload)
@@ -649,7 +649,7 @@ async def test_polling_follows_the_session_lifecycle(
     expected = hashlib.sha256(b'[["BTC/USDT","1"],["BTC/USDT","2"]]').hexdigest()
     assert report.payload["trades_digest"] == expected
     # The Merkle root commits to the two salted trade leaves; it only grows.
-    assert report.payload["merkle_root"] == report.merkle_root != EMPTY_MERKLE_ROOT
+    assert report.payload["merkle_root"] == report.merkle_root != EMPTY_ROOT.hex()
     first_root = bytes.fromhex(report.merkle_root)
     polling.trade_list.append(FakeTrade("ETH/USDT", "9", side="sell"))
     later = await call(service, p.Aggregates(request_id=5, session_id=session_id))

@@ -137,6 +137,7 @@ def test_all_is_exactly_the_public_api() -> None:
         "leaf_hash",
         "new_trade_salt",
         "trade_leaf",
+        "trade_set_digest",
         "tree_head_payload",
         "verify_consistency",
         "verify_inclusion",
@@ -858,3 +859,16 @@ def test_trade_leaf_refuses_bad_input_without_echoing_it(fields: Any, salt: Any)
     # Nothing chained either: a traceback shows no inner exception about the input.
     assert error.__cause__ is None
     assert error.__context__ is None or error.__suppress_context__
+
+
+def test_trade_set_digest_is_order_free_and_exact() -> None:
+    """The set digest ignores arrival order and changes with any added or changed key."""
+    keys = [("BTC/USDT", "2"), ("ETH/USDT", "1"), ("BTC/USDT", "1")]
+    digest = merkle_module.trade_set_digest(keys)
+    assert (
+        digest
+        == hashlib.sha256(b'[["BTC/USDT","1"],["BTC/USDT","2"],["ETH/USDT","1"]]').hexdigest()
+    )
+    assert merkle_module.trade_set_digest(reversed(keys)) == digest
+    assert merkle_module.trade_set_digest([*keys, ("ETH/USDT", "2")]) != digest
+    assert merkle_module.trade_set_digest([("BTC/USDT", "3"), *keys[1:]]) != digest

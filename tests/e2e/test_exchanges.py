@@ -45,7 +45,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 
 def truth_digest(keys: set[tuple[str, str]]) -> str:
-    """The same commitment the enclave reports, computed from the fake's ground truth."""
+    """The same commitment the enclave reports, computed from the fake's ground truth.
+
+    Written out here on purpose instead of calling shared.merkle.trade_set_digest: an
+    independent computation catches a bug there too.
+    """
     return hashlib.sha256(canonical_json(sorted([s, i] for s, i in keys))).hexdigest()
 
 
