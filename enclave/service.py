@@ -23,13 +23,14 @@ import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from enclave.commitments import TradeSource
+from enclave.commitments import TradeSource, leaf_fields
 from enclave.keys import KeyRing
 from enclave.nsm import NsmClient, NsmError
 from enclave.sessions import Session, SessionTable
 from shared import protocol as p
 from shared.attestation import encode_user_data
-from shared.encoding import canonical_json
+from shared.disclosure import DISCLOSURE_PURPOSE
+from shared.encoding import b64encode, canonical_json
 from shared.envelope import (
     Credentials,
     Envelope,
@@ -41,9 +42,9 @@ from shared.envelope import (
 )
 from shared.errors import EnvelopeError, SignatureError
 from shared.ids import is_session_id, new_session_id, session_hash
-from shared.merkle import trade_set_digest
+from shared.merkle import InclusionProof, trade_set_digest
 from shared.owner import owner_x25519_public
-from shared.signing import OwnerProof, sign_payload_and_hash, verify_owner_proof
+from shared.signing import OwnerProof, sign_payload, sign_payload_and_hash, verify_owner_proof
 
 __all__ = [
     "METHOD_VERSION",
@@ -65,6 +66,9 @@ _RECORD_METADATA_KEYS = frozenset({"purpose", "label"})
 _MAX_NONCE = 512  # NSM limit on the nonce field (attestation_process.md)
 _RECORD_VERSION = 1
 _RECORD_NONCE = 12
+_LOG_PAGE = 2000  # log entries per Logs reply (~250 bytes each: far below the frame cap)
+_MAX_SYMBOL = 64
+_MAX_TRADE_ID = 128
 
 
 class PollingPort(Protocol):
@@ -170,6 +174,8 @@ class EnclaveService:
             p.SessionMetrics: self._metrics,
             p.Summary: self._summary,
             p.Revoke: self._revoke,
+            p.Logs: self._logs,
+            p.DiscloseTrade: self._disclose_trade,
             p.Restore: self._restore,
             p.SealRecord: self._seal_record,
             p.UnsealRecord: self._unseal_record,
@@ -197,8 +203,14 @@ class EnclaveService:
         return reply
 
     def purge_expired(self) -> int:
-        """Forget expired and abandoned sessions (credentials included)."""
+        """Forget expired and abandoned sessions (credentials included); log polling.
+
+        The periodic sweep is also when polling progress reaches the sessions'
+        transparency logs if nobody asked about them in between (enclave.opslog).
+        """
         purged = self._sessions.purge(now=self._clock())
+        for session in self._sessions.active(now=self._clock()):
+            self._observe_polling(session)
         if self._polling is not None:
             # Also catches sessions get_active dropped lazily on expiry.
             self._polling.prune(self._sessions.hashes())
@@ -296,6 +308,7 @@ class EnclaveService:
 
     def _confirm(self, request: p.Confirm) -> p.ConfirmReply:
         digest = self._hash_of(request.session_id)
+        session: Session | None = None
         if request.commit:
             ok = self._sessions.confirm(digest, now=self._clock())
             session = self._sessions.get_active(digest, now=self._clock()) if ok else None
@@ -306,6 +319,18 @@ class EnclaveService:
             ok = self._sessions.discard(digest)
         if not ok:
             raise _Refusal(p.ErrorCode.NOT_FOUND, "unknown or expired pending session")
+        if request.commit and session is not None:
+            session.opslog.append(
+                "submit",
+                at=int(self._clock()),
+                data={
+                    "exchange": session.exchange,
+                    "label": session.label,
+                    "expires_at": _rfc3339(session.expires_at),
+                    "envelope_sha256": session.envelope_digest.hex(),
+                    "owner": session.owner_pub is not None,
+                },
+            )
         log.info("session_confirmed" if request.commit else "session_discarded",
                  session=_short_hash(digest))  # fmt: skip
         return p.ConfirmReply(request_id=request.request_id)
@@ -359,11 +384,29 @@ class EnclaveService:
             signature=request.proof_signature,
             required=False,
         )
+        opslog = session.opslog
+        if not 0 <= request.log_start <= opslog.size:
+            raise _Refusal(p.ErrorCode.BAD_REQUEST, "log_start is beyond the log")
+        self._observe_polling(session)
+        opslog.append(
+            "revoke",
+            at=int(self._clock()),
+            data={"by": "holder" if session.owner_pub is None else "owner"},
+        )
+        # The revoke entry and the final head go back in this reply: after it the
+        # session is gone and nothing can sign for its log any more.
+        entries = opslog.since(request.log_start, opslog.size)
+        tree_head, signature = self._signed_head(session)
         self._sessions.remove(session.session_hash)
         if self._polling is not None:
             self._polling.stop(session.session_hash)
         log.info("session_revoked", session=_short_hash(session.session_hash))
-        return p.RevokeReply(request_id=request.request_id)
+        return p.RevokeReply(
+            request_id=request.request_id,
+            entries=entries,
+            tree_head=tree_head,
+            signature=signature,
+        )
 
     def _restore(self, request: p.Restore) -> p.RestoreReply:
         # Sealed-state restore needs the KMS data key (issue 7); until then this
@@ -375,6 +418,7 @@ class EnclaveService:
     def _aggregates(self, request: p.Aggregates) -> p.AggregatesReply:
         session = self._active(request.session_id)
         now = self._clock()
+        self._observe_polling(session)
         session.report_seq += 1
         figures = self._figures(session)
         payload: dict[str, Any] = {
@@ -392,12 +436,26 @@ class EnclaveService:
             "from": _rfc3339(session.created_at),
             "to": _rfc3339(now),
             "merkle_root": session.commitments.root_hex(),
+            # The tree the root is for: inclusion proofs of disclosed trades use this size.
+            "merkle_tree_size": session.commitments.size,
             "pcr0": self._pcr0_hex,
             "issued_at": _rfc3339(now),
             "seq": session.report_seq,
             "prev_report_hash": session.prev_report_hash,
+            # The transparency log as it stood before this report's own entry.
+            "log_size": session.opslog.size,
         }
         signature, session.prev_report_hash = sign_payload_and_hash(self._keys.signing_key, payload)
+        session.opslog.append(
+            "report",
+            at=int(now),
+            data={
+                "seq": session.report_seq,
+                "report_hash": session.prev_report_hash,
+                "trades": payload["merkle_tree_size"],
+                "merkle_root": payload["merkle_root"],
+            },
+        )
         return p.AggregatesReply(
             request_id=request.request_id,
             payload=payload,
@@ -414,6 +472,109 @@ class EnclaveService:
             # The aggregator takes each trade once, in read order: O(new trades).
             session.aggregator.add(new)  # type: ignore[arg-type]
         return session.commitments.size
+
+    def _observe_polling(self, session: Session) -> None:
+        """Write a ``poll`` log entry if polling changed something since the last one."""
+        if self._polling is None:
+            return
+        status = self._polling.status(session.session_hash)
+        if status is None:
+            return
+        size = self._commit_trades(session)
+        key = (size, status.get("state"), status.get("complete"), status.get("last_error"))
+        if key == session.opslog.last_poll_key:
+            return
+        session.opslog.last_poll_key = key
+        session.opslog.append(
+            "poll",
+            at=int(self._clock()),
+            data={
+                "state": status.get("state"),
+                "calls": status.get("calls"),
+                "complete": status.get("complete"),
+                "last_error": status.get("last_error"),
+                "trades": size,
+                "merkle_root": session.commitments.root_hex(),
+            },
+        )
+
+    def _signed_head(self, session: Session) -> tuple[dict[str, Any], str]:
+        """A tree head over the session's whole log, signed with the attested key."""
+        payload = session.opslog.tree_head(now=int(self._clock()))
+        return payload, sign_payload(self._keys.signing_key, payload)
+
+    def _logs(self, request: p.Logs) -> p.LogsReply:
+        session = self._active(request.session_id)
+        self._observe_polling(session)
+        opslog = session.opslog
+        if not 0 <= request.start <= opslog.size:
+            raise _Refusal(p.ErrorCode.BAD_REQUEST, "start is beyond the log")
+        tree_head, signature = self._signed_head(session)
+        return p.LogsReply(
+            request_id=request.request_id,
+            entries=opslog.since(request.start, _LOG_PAGE),
+            tree_head=tree_head,
+            signature=signature,
+        )
+
+    def _disclose_trade(self, request: p.DiscloseTrade) -> p.DiscloseTradeReply:
+        session = self._active(request.session_id)
+        self._check_owner(
+            session,
+            method="disclose_trade",
+            session_id=request.session_id,
+            timestamp=request.proof_timestamp,
+            signature=request.proof_signature,
+            required=True,
+        )
+        owner_pub = session.owner_pub
+        assert owner_pub is not None  # _check_owner(required=True) guarantees it
+        if not 1 <= len(request.symbol) <= _MAX_SYMBOL or not (
+            1 <= len(request.trade_id) <= _MAX_TRADE_ID
+        ):
+            raise _Refusal(p.ErrorCode.BAD_REQUEST, "symbol or trade_id has a bad length")
+        self._observe_polling(session)
+        size = self._commit_trades(session)
+        ledger = None if self._polling is None else self._polling.trades(session.session_hash)
+        found = None
+        if ledger is not None:
+            wanted = (request.symbol, request.trade_id)
+            # Read order = leaf order; a rare owner operation, so a scan is fine.
+            for index, trade in enumerate(ledger):
+                if index >= size:
+                    break
+                if (trade.symbol, trade.id) == wanted:
+                    found = (index, trade)
+                    break
+        if found is None:
+            raise _Refusal(p.ErrorCode.NOT_FOUND, "no such committed trade")
+        index, trade = found
+        tree_size = size if request.tree_size is None else request.tree_size
+        if not index < tree_size <= size:
+            raise _Refusal(
+                p.ErrorCode.BAD_REQUEST, "tree_size must include the trade and not exceed the tree"
+            )
+        tree = session.commitments.tree
+        proof = InclusionProof.from_hashes(index, tree_size, tree.inclusion_proof(index, tree_size))
+        disclosure = {
+            "v": 1,
+            "purpose": DISCLOSURE_PURPOSE,
+            "session_hash": session.session_hash.hex(),
+            "fields": leaf_fields(trade),
+            "salt": b64encode(session.commitments.salt(index)),
+            "inclusion_proof": proof.to_json(),
+            "merkle_root": tree.root_at(tree_size).hex(),
+        }
+        reply = seal(
+            canonical_json(disclosure),
+            metadata={"purpose": "trade-disclosure", "index": index, "tree_size": tree_size},
+            recipient_x25519=owner_x25519_public(owner_pub),
+        )
+        session.opslog.append(
+            "disclose", at=int(self._clock()), data={"index": index, "tree_size": tree_size}
+        )
+        log.info("trade_disclosed", session=_short_hash(session.session_hash))
+        return p.DiscloseTradeReply(request_id=request.request_id, envelope=reply.to_wire())
 
     def _figures(self, session: Session) -> dict[str, Any]:
         """Headline figures from the FIFO aggregator (docs/metrics.md), decimals as strings."""
@@ -459,6 +620,7 @@ class EnclaveService:
 
     def _metrics(self, request: p.SessionMetrics) -> p.MetricsReply:
         session = self._active(request.session_id)
+        self._observe_polling(session)
         metrics: dict[str, Any] = {
             "exchange": session.exchange,
             "label": session.label,
@@ -472,6 +634,7 @@ class EnclaveService:
 
     def _summary(self, request: p.Summary) -> p.SummaryReply:
         session = self._active(request.session_id)
+        self._observe_polling(session)
         summary = {
             "exchange": session.exchange,
             "label": session.label,
@@ -479,6 +642,7 @@ class EnclaveService:
             "created_at": _rfc3339(session.created_at),
             "expires_at": _rfc3339(session.expires_at),
             "reports_issued": session.report_seq,
+            "log_size": session.opslog.size,
             "headline": self._figures(session),
             "polling": self._polling_status(session),
             "completeness": None

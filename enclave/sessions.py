@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from enclave.aggregator import Aggregator
 from enclave.commitments import TradeCommitments
+from enclave.opslog import OpsLog
 from shared.envelope import Credentials
 
 __all__ = ["Session", "SessionState", "SessionTable"]
@@ -50,6 +51,10 @@ class Session:
     prev_report_hash: str | None = None
     commitments: TradeCommitments = field(default_factory=TradeCommitments)
     aggregator: Aggregator = field(default_factory=Aggregator, repr=False)
+    opslog: OpsLog = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.opslog = OpsLog(self.session_hash)
 
     @property
     def owner_pub(self) -> bytes | None:
@@ -74,6 +79,14 @@ class SessionTable:
     def active_count(self) -> int:
         """Sessions confirmed by the parent and not yet expired or revoked."""
         return sum(1 for s in self._sessions.values() if s.state is SessionState.ACTIVE)
+
+    def active(self, *, now: float) -> list[Session]:
+        """The ACTIVE, unexpired sessions (a snapshot list: safe to mutate the table after)."""
+        return [
+            s
+            for s in self._sessions.values()
+            if s.state is SessionState.ACTIVE and now < s.expires_at
+        ]
 
     def seen(self, envelope_digest: bytes) -> bool:
         """Was this envelope accepted before (replay)?"""

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from parent.api import attestation, operations, records, sessions
+from parent.api import attestation, logs, operations, records, sessions
 from parent.api.middlewares import cors, errors, observe, rate_limit
 from parent.api.purge import purge_context
 from parent.api.services import SERVICES, EnclavePort, Services, SessionLogSource
@@ -79,9 +79,10 @@ def create_app(
     app.router.add_post("/enclave/submit_key", sessions.submit_key)
     app.router.add_post("/enclave/request_aggregates", sessions.request_aggregates)
     app.router.add_post("/enclave/revoke", sessions.revoke)
+    app.router.add_post("/enclave/disclose_trade", sessions.disclose_trade)
     app.router.add_get("/enclave/metrics/{session_id}", sessions.session_metrics, allow_head=False)
     app.router.add_get("/enclave/summary/{session_id}", sessions.session_summary, allow_head=False)
-    app.router.add_get("/api/logs/{session_id}", sessions.session_logs, allow_head=False)
+    app.router.add_get("/api/logs/{session_id}", logs.session_logs, allow_head=False)
     app.router.add_post("/api/records", records.seal_record)
     app.router.add_get("/api/records", records.list_records, allow_head=False)
     app.router.add_get("/api/records/{id}", records.get_record, allow_head=False)

@@ -43,6 +43,7 @@ unavailable 503; each operation lists the ones it can produce.
 """
 
 _B64 = {"type": "string", "contentEncoding": "base64", "description": "standard base64, padded"}
+_HEX_HASH = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _SESSION_ID = {
     "type": "string",
     "pattern": "^[A-Za-z0-9_-]{43}$",
@@ -227,10 +228,92 @@ def build_openapi(*, min_ttl_seconds: int, max_ttl_seconds: int, max_body_bytes:
         },
         "SessionLog": {
             "type": "object",
-            "required": ["session_log", "tree_head"],
+            "required": [
+                "log_id",
+                "tree_head",
+                "entries",
+                "consistency_proof",
+                "live",
+                "access_log",
+            ],
+            "description": "The enclave-signed transparency log (shared/translog.py): "
+            "check it with shared.translog.verify_log and the attested signing key.",
             "properties": {
-                "session_log": {
+                "log_id": {"type": "string", "examples": ["perf-aggregator:ops:<sha256 hex>"]},
+                "tree_head": {
+                    "type": "object",
+                    "required": ["payload", "signature"],
+                    "properties": {
+                        "payload": {
+                            "type": "object",
+                            "required": [
+                                "v",
+                                "purpose",
+                                "log_id",
+                                "tree_size",
+                                "root_hash",
+                                "timestamp",
+                            ],
+                            "properties": {
+                                "v": {"const": 1},
+                                "purpose": {"const": "perf-aggregator/tree-head"},
+                                "log_id": {"type": "string"},
+                                "tree_size": {"type": "integer", "minimum": 0},
+                                "root_hash": _HEX_HASH,
+                                "timestamp": {"type": "integer", "minimum": 0},
+                            },
+                        },
+                        "signature": {
+                            **_B64,
+                            "description": "Ed25519 over RFC 8785 of payload (attested key)",
+                        },
+                    },
+                },
+                "entries": {
                     "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["index", "entry", "inclusion_proof"],
+                        "properties": {
+                            "index": {"type": "integer", "minimum": 0},
+                            "entry": {
+                                "type": "object",
+                                "required": ["v", "index", "op", "at", "data"],
+                                "properties": {
+                                    "op": {
+                                        "enum": ["submit", "poll", "report", "disclose", "revoke"]
+                                    },
+                                    "at": {"type": "string"},
+                                    "data": {"type": "object"},
+                                },
+                            },
+                            "inclusion_proof": _ref("InclusionProof"),
+                        },
+                    },
+                },
+                "consistency_proof": {
+                    "oneOf": [
+                        {"type": "null"},
+                        {
+                            "type": "object",
+                            "required": ["old_size", "new_size", "path"],
+                            "properties": {
+                                "old_size": {"type": "integer", "minimum": 0},
+                                "new_size": {"type": "integer", "minimum": 0},
+                                "path": {"type": "array", "items": _HEX_HASH},
+                            },
+                        },
+                    ],
+                    "description": "RFC 6962 consistency proof from since_size to tree_size.",
+                },
+                "live": {
+                    "type": "boolean",
+                    "description": "false when served from storage only (session gone or "
+                    "enclave unreachable)",
+                },
+                "access_log": {
+                    "type": "array",
+                    "description": "The parent's own unsigned audit rows for the session.",
                     "items": {
                         "type": "object",
                         "required": ["op", "at", "request_id"],
@@ -241,10 +324,44 @@ def build_openapi(*, min_ttl_seconds: int, max_ttl_seconds: int, max_body_bytes:
                         },
                     },
                 },
-                "tree_head": {
-                    "type": "null",
-                    "description": "Always null for now: Merkle inclusion proofs and the "
-                    "signed tree head (RFC 6962) come with the transparency log.",
+            },
+        },
+        "InclusionProof": {
+            "type": "object",
+            "required": ["index", "size", "path"],
+            "properties": {
+                "index": {"type": "integer", "minimum": 0},
+                "size": {"type": "integer", "minimum": 1},
+                "path": {"type": "array", "items": _HEX_HASH},
+            },
+        },
+        "DiscloseTradeRequest": {
+            "type": "object",
+            "required": ["session_id", "symbol", "trade_id", "timestamp", "signature"],
+            "additionalProperties": False,
+            "description": "Owner only: timestamp and signature are an owner proof over "
+            "'disclose_trade', the session id and the timestamp.",
+            "properties": {
+                "session_id": _SESSION_ID,
+                "symbol": {"type": "string", "minLength": 1, "maxLength": 64},
+                "trade_id": {"type": "string", "minLength": 1, "maxLength": 128},
+                "tree_size": {
+                    "type": ["integer", "null"],
+                    "minimum": 1,
+                    "description": "a signed report's merkle_tree_size (default: current tree)",
+                },
+                "timestamp": {"type": "integer", "minimum": 0, "description": "Unix seconds"},
+                "signature": {**_B64, "description": "Ed25519 owner proof, base64"},
+            },
+        },
+        "DiscloseTradeResponse": {
+            "type": "object",
+            "required": ["envelope"],
+            "properties": {
+                "envelope": {
+                    "type": "object",
+                    "description": "The disclosure sealed to the owner's key "
+                    "(shared.disclosure.open_disclosure).",
                 },
             },
         },
@@ -436,15 +553,50 @@ def build_openapi(*, min_ttl_seconds: int, max_ttl_seconds: int, max_body_bytes:
                 },
             }
         },
+        "/enclave/disclose_trade": {
+            "post": {
+                "operationId": "discloseTrade",
+                "tags": ["sessions"],
+                "summary": "Owner only: one committed trade with its inclusion proof",
+                "description": "The reply is sealed to the owner's key; the owner verifies "
+                "it against a signed report with shared.disclosure.verify_disclosure.",
+                "requestBody": body("DiscloseTradeRequest"),
+                "responses": {
+                    "200": _json(_ref("DiscloseTradeResponse"), "The sealed disclosure."),
+                    **_errors(400, 403, 404, 413, 415, 429, 500, 503),
+                },
+            }
+        },
         "/api/logs/{session_id}": {
             "get": {
                 "operationId": "getSessionLog",
                 "tags": ["sessions"],
-                "summary": "The session's operations log",
-                "description": "For now the session's ops-log entries (op, at, request_id), "
-                "oldest first, and `tree_head: null`. Merkle inclusion proofs and the signed "
-                "tree head come with the transparency log.",
-                "parameters": [_session_path_parameter()],
+                "summary": "The session's transparency log",
+                "description": "Entries signed by the enclave (submit, poll, report, "
+                "disclose, revoke) with RFC 6962 inclusion proofs, the signed tree head, and "
+                "a consistency proof from since_size. Still served after revoke or expiry.",
+                "parameters": [
+                    _session_path_parameter(),
+                    {
+                        "name": "start",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0, "default": 0},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                    {
+                        "name": "since_size",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0},
+                        "description": "a tree size seen before: adds a consistency proof",
+                    },
+                ],
                 "responses": {
                     "200": _json(_ref("SessionLog"), "The session log."),
                     **_errors(400, 404, 429, 500, 503),

@@ -2,14 +2,16 @@
 
 ``python -m scripts.localstack run``  starts everything in the foreground (Ctrl-C stops it);
 ``python -m scripts.localstack demo`` starts it, runs the seed's client flow with every
-check printed, stops it, and exits 0 only if every check passed.
+check printed (polling progress, then the verified report as a metric/value table),
+stops it, and exits 0 only if every check passed.
 
 The enclave and the parent are real separate processes talking over the
 vsock-over-TCP simulator on 127.0.0.1; the parent starts its embedded PostgreSQL
 itself (DATABASE_URL unset). Everything lands in the state directory: the dev TLS
 CA (``tls/ca.pem``), the NSM simulator root (``nsm-root.pem``), the expected PCRs
-(``expected-pcrs.json``) and both processes' logs (``logs/``). ``LocalStack`` is
-also what the end-to-end tests drive.
+(``expected-pcrs.json``), both processes' logs (``logs/``) and, after ``demo``, the
+first signed report with the attested key that verified it (``demo-report.json``).
+``LocalStack`` is also what the end-to-end tests drive.
 """
 
 from __future__ import annotations
@@ -38,15 +40,18 @@ from rich.table import Table
 
 from shared.attestation import pcrs_from_json
 from shared.client import SecureClient, ServerRejected
+from shared.encoding import b64encode
 from shared.merkle import trade_set_digest
 
-__all__ = ["LocalStack", "StackError", "main"]
+__all__ = ["LocalStack", "StackError", "main", "report_rows"]
 
 ENCLAVE_CID = 16
 ENCLAVE_RPC_PORT = 5000
 PARENT_CID = 3
 FIRST_POLL_DEADLINE_S = 150.0
 EGRESS_VSOCK_PORT = 8001
+REPORT_FILE = "demo-report.json"
+"""Where ``demo`` saves the first signed report (payload, signature, attested key)."""
 
 
 class StackError(RuntimeError):
@@ -304,20 +309,100 @@ class LocalStack:
 async def _wait_for_first_poll(
     client: SecureClient, session_id: str, console: Console
 ) -> dict[str, Any]:
-    """Show polling progress until the first full pass is done (or fails, or 150 s pass)."""
-    deadline = time.monotonic() + FIRST_POLL_DEADLINE_S
+    """Show polling progress until the first full pass is done (or fails, or 150 s pass).
+
+    A terminal gets a live status line; other outputs (CI logs, ``make demo | tee``)
+    get a line whenever the count of trades read changes, at most every 2 s.
+    """
+    started = time.monotonic()
+    deadline = started + FIRST_POLL_DEADLINE_S
     polling: dict[str, Any] = {}
+    printed: tuple[Any, ...] | None = None
+    printed_at = 0.0
     with console.status("waiting for the first poll ...") as status:
         while time.monotonic() < deadline:
             polling = (await client.summary(session_id))["polling"]
-            status.update(
+            progress = (
                 f"polling: state {polling.get('state')}, {polling.get('trades_seen', 0)} trades, "
                 f"{polling.get('calls', 0)} calls"
             )
-            if polling.get("complete") or polling.get("error_kind"):
+            status.update(progress)
+            done = bool(polling.get("complete") or polling.get("error_kind"))
+            seen = (polling.get("state"), polling.get("trades_seen"))
+            now = time.monotonic()
+            if not console.is_terminal and seen != printed and (done or now - printed_at >= 2):
+                console.print(f"  [dim]{now - started:5.1f} s  {progress}[/dim]")
+                printed, printed_at = seen, now
+            if done:
                 break
             await asyncio.sleep(0.5)
     return polling
+
+
+def _or_na(value: Any, suffix: str = "") -> str:
+    """A signed figure as printed: the exact string, or n/a for null."""
+    return "n/a" if value is None else f"{value}{suffix}"
+
+
+def _yes_no(value: Any) -> str:
+    """The fully-priced flag in words (docs/metrics.md section 3)."""
+    if value is None:
+        return "n/a"
+    return "yes" if value is True else "no (unpriced amounts: see /enclave/metrics)"
+
+
+def report_rows(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The verified report as (metric, value) rows: the signed strings, verbatim, with units."""
+    currency = payload.get("reporting_currency")
+    money = f" {currency}"
+    drawdown = payload.get("max_drawdown") or {}
+    completeness = payload.get("completeness")
+    if isinstance(completeness, Mapping):
+        coverage = (
+            f"{'complete' if completeness.get('complete') else 'INCOMPLETE'}: "
+            f"{len(completeness.get('symbols_seen') or [])} symbols traded of "
+            f"{len(completeness.get('symbols_scanned') or [])} scanned, "
+            f"{completeness.get('calls')} calls, {len(completeness.get('gaps') or [])} gaps"
+        )
+    else:
+        coverage = "not recorded"
+    return [
+        ("trades", _or_na(payload.get("trades"))),
+        ("orders", _or_na(payload.get("orders"))),
+        ("volume", _or_na(payload.get("volume"), money)),
+        ("PnL net (realized)", _or_na(payload.get("pnl"), money)),
+        ("PnL gross (realized)", _or_na(payload.get("pnl_gross"), money)),
+        ("fees", _or_na(payload.get("fees"), money)),
+        ("return %", _or_na(payload.get("return_pct"), " %")),
+        ("Sharpe (daily, x sqrt 365, rf 0)", _or_na(payload.get("sharpe"))),
+        ("Sortino (daily, x sqrt 365)", _or_na(payload.get("sortino"))),
+        (
+            "max drawdown",
+            f"{_or_na(drawdown.get('amount'), money)} ({_or_na(drawdown.get('pct'), ' %')}, "
+            f"{_or_na(drawdown.get('duration_days'), ' days')})",
+        ),
+        ("win rate (round trips)", _or_na(payload.get("win_rate"))),
+        ("profit factor", _or_na(payload.get("profit_factor"))),
+        ("expectancy (per round trip)", _or_na(payload.get("expectancy"), money)),
+        ("reporting currency", _or_na(currency)),
+        ("fully priced", _yes_no(payload.get("fully_priced"))),
+        ("completeness", coverage),
+        ("merkle root", _or_na(payload.get("merkle_root"))),
+        ("report seq", _or_na(payload.get("seq"))),
+    ]
+
+
+def _report_table(payload: Mapping[str, Any]) -> Table:
+    """The verified figures as a two-column table."""
+    table = Table(
+        title="Verified report (Ed25519 signature checked against the attested key)",
+        title_justify="left",
+    )
+    table.add_column("metric", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for metric, value in report_rows(payload):
+        table.add_row(metric, value)
+    return table
 
 
 async def run_demo(stack: LocalStack, console: Console) -> bool:
@@ -382,12 +467,22 @@ async def run_demo(stack: LocalStack, console: Console) -> bool:
             "the signed report counts every trade",
             f"FIFO metrics in {report.payload.get('reporting_currency')} (docs/metrics.md)",
         )
-        table = Table(show_header=True)
-        columns = ("trades", "pnl", "return_pct", "sharpe", "win_rate", "volume", "seq")
-        for name in columns:
-            table.add_column(name)
-        table.add_row(*(str(report.payload[k]) for k in columns))
-        console.print(table)
+        console.print(_report_table(report.payload))
+        # Kept for offline checks: anyone can re-verify it with the attested key.
+        saved = stack.state_dir / REPORT_FILE
+        saved.write_text(
+            json.dumps(
+                {
+                    "payload": report.payload,
+                    "signature": report.signature,
+                    "signing_public_key": b64encode(quote.sig_public),
+                },
+                indent=1,
+                sort_keys=True,
+            )
+            + "\n"
+        )
+        console.print(f"  [dim]signed report saved to {saved}[/dim]")
         summary = await client.summary(registration.session_id)
         check(summary.get("status") == "active", "summary says the session is active")
 

@@ -47,12 +47,16 @@ __all__ = [
     "AttestReply",
     "Confirm",
     "ConfirmReply",
+    "DiscloseTrade",
+    "DiscloseTradeReply",
     "ErrorCode",
     "ErrorReply",
     "FrameDecoder",
     "Health",
     "HealthReply",
     "JsonObject",
+    "Logs",
+    "LogsReply",
     "Message",
     "MetricsReply",
     "Reply",
@@ -77,7 +81,7 @@ __all__ = [
     "encode_message",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 """Bumped on any incompatible change; a peer speaking another version is refused."""
 
 MAX_FRAME_SIZE = 4 * 1024 * 1024
@@ -294,11 +298,42 @@ class Summary(Request):
 @_register("revoke")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Revoke(Request):
-    """End a session now; an owner proof is required when the session has an owner."""
+    """End a session now; an owner proof is required when the session has an owner.
+
+    ``log_start`` is how many transparency-log entries the parent already stores: the
+    reply carries the rest, ending with the ``revoke`` entry, and the final signed head.
+    """
 
     session_id: str
     proof_timestamp: int | None
     proof_signature: str | None
+    log_start: int
+
+
+@_register("logs")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Logs(Request):
+    """Ask for a session's transparency-log entries from ``start`` and a fresh signed head."""
+
+    session_id: str
+    start: int
+
+
+@_register("disclose_trade")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiscloseTrade(Request):
+    """Owner only: one committed trade, its salt and inclusion proof, sealed to the owner.
+
+    ``tree_size`` picks the tree the proof is for (a signed report's
+    ``merkle_tree_size``); None means the current tree.
+    """
+
+    session_id: str
+    symbol: str
+    trade_id: str
+    tree_size: int | None
+    proof_timestamp: int
+    proof_signature: str
 
 
 @_register("restore")
@@ -418,7 +453,33 @@ class SummaryReply(Reply):
 @_register("revoke_reply")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RevokeReply(Reply):
-    """The session is gone from enclave memory."""
+    """The session is gone from enclave memory; its log's last entries and final head."""
+
+    entries: tuple[bytes, ...]
+    tree_head: JsonObject
+    signature: str
+
+
+@_register("logs_reply")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogsReply(Reply):
+    """Log entries (canonical JSON bytes, the Merkle leaves) and a signed tree head.
+
+    ``entries`` start at the requested index and may stop before the head's size
+    (a page); ``signature`` is base64 Ed25519 over RFC 8785 of ``tree_head``.
+    """
+
+    entries: tuple[bytes, ...]
+    tree_head: JsonObject
+    signature: str
+
+
+@_register("disclose_trade_reply")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiscloseTradeReply(Reply):
+    """The disclosure, an envelope only the owner's key opens (JSON wire form)."""
+
+    envelope: JsonObject
 
 
 @_register("restore_reply")
@@ -483,6 +544,8 @@ REPLY_TYPES: dict[type[Request], type[Reply]] = {
     SessionMetrics: MetricsReply,
     Summary: SummaryReply,
     Revoke: RevokeReply,
+    Logs: LogsReply,
+    DiscloseTrade: DiscloseTradeReply,
     Restore: RestoreReply,
     SealRecord: SealRecordReply,
     UnsealRecord: UnsealRecordReply,

@@ -355,7 +355,13 @@ async def test_revoke_without_owner_key(
     session_id = await open_session(service, enc)
     reply = await call(
         service,
-        p.Revoke(request_id=6, session_id=session_id, proof_timestamp=None, proof_signature=None),
+        p.Revoke(
+            request_id=6,
+            session_id=session_id,
+            proof_timestamp=None,
+            proof_signature=None,
+            log_start=0,
+        ),
     )
     assert isinstance(reply, p.RevokeReply)
     again = await call(service, p.Aggregates(request_id=7, session_id=session_id))
@@ -371,7 +377,13 @@ async def test_revoke_with_owner_requires_valid_proof(
     session_id = await open_session(service, enc, owner=owner)
     no_proof = await call(
         service,
-        p.Revoke(request_id=6, session_id=session_id, proof_timestamp=None, proof_signature=None),
+        p.Revoke(
+            request_id=6,
+            session_id=session_id,
+            proof_timestamp=None,
+            proof_signature=None,
+            log_start=0,
+        ),
     )
     assert isinstance(no_proof, p.ErrorReply) and no_proof.code is p.ErrorCode.FORBIDDEN
     stranger = sign_owner_proof(
@@ -392,6 +404,7 @@ async def test_revoke_with_owner_requires_valid_proof(
                 session_id=session_id,
                 proof_timestamp=proof.timestamp,
                 proof_signature=proof.signature,
+                log_start=0,
             ),
         )
         assert isinstance(refused, p.ErrorReply) and refused.code is p.ErrorCode.FORBIDDEN
@@ -403,6 +416,7 @@ async def test_revoke_with_owner_requires_valid_proof(
             session_id=session_id,
             proof_timestamp=good.timestamp,
             proof_signature=good.signature,
+            log_start=0,
         ),
     )
     assert isinstance(reply, p.RevokeReply)
@@ -538,7 +552,13 @@ async def test_no_secret_in_replies_or_logs(
         await call(service, p.Stats(request_id=4)),
         await call(
             service,
-            p.Revoke(request_id=5, session_id=session_id, proof_timestamp=1, proof_signature="x"),
+            p.Revoke(
+                request_id=5,
+                session_id=session_id,
+                proof_timestamp=1,
+                proof_signature="x",
+                log_start=0,
+            ),
         ),
     ]
     blob = repr(replies) + log_stream.getvalue() + repr(service.sessions._sessions)
@@ -680,7 +700,13 @@ async def test_polling_follows_the_session_lifecycle(
     assert summary.summary["polling"]["trades_digest"] != expected
     await call(
         service,
-        p.Revoke(request_id=4, session_id=session_id, proof_timestamp=None, proof_signature=None),
+        p.Revoke(
+            request_id=4,
+            session_id=session_id,
+            proof_timestamp=None,
+            proof_signature=None,
+            log_start=0,
+        ),
     )
     assert polling.stopped == [digest]
 

@@ -23,10 +23,12 @@ from typing import Any
 import aiohttp
 import ccxt.async_support as ccxt
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from ccxt.base import errors as ccxt_errors
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
+from tests.fakes.exchanges.__main__ import _admin_app, _unique_keys
 from tests.fakes.exchanges.binance import FakeBinance, binance_history_spec
 from tests.fakes.exchanges.coinbase import CoinbaseKey, FakeCoinbase, coinbase_history_spec
 from tests.fakes.exchanges.common import (
@@ -810,3 +812,36 @@ async def test_revoked_key_is_refused(any_fake: FakeExchange) -> None:
     async with ccxt_client(any_fake) as fresh:
         with pytest.raises(ccxt_errors.AuthenticationError):
             await load_and_trade(name, fresh)
+
+
+# --------------------------------------------------------------------------- control API
+
+
+async def test_control_api_lists_the_seeded_trades_with_their_raw_fields(
+    any_fake: FakeExchange,
+) -> None:
+    """GET /trades/{exchange} lists every seeded trade once, in time order, as served."""
+    name = exchange_name(any_fake)
+    server = TestServer(_admin_app({name: any_fake}))
+    async with TestClient(server) as http:
+        response = await http.get(f"/trades/{name}")
+        assert response.status == 200
+        listed = await response.json()
+        assert (await http.get("/trades/nowhere")).status == 404
+    truth = any_fake.ground_truth
+    assert len(listed) == len(truth) > 0
+    assert sorted([t["symbol"], t["id"]] for t in listed) == _unique_keys(name, any_fake)
+    assert [t["timestamp"] for t in listed] == sorted(t["timestamp"] for t in listed)
+    for row, trade in zip(listed, truth, strict=True):
+        fill = trade.fill
+        assert row["raw"] == json.loads(json.dumps(dict(trade.raw)))
+        assert (row["symbol"], row["order_id"], row["timestamp"], row["side"]) == (
+            trade.symbol,
+            trade.order_id,
+            trade.time_ms,
+            fill.side,
+        )
+        assert Decimal(row["price"]) == fill.price
+        assert Decimal(row["amount"]) == fill.qty
+        assert Decimal(row["fee"]) == fill.fee > 0
+        assert row["fee_currency"] == fill.fee_asset

@@ -39,6 +39,7 @@ from cryptography.x509.oid import NameOID
 from multidict import CIMultiDictProxy
 from psycopg import sql
 
+from enclave.opslog import OpsLog
 from enclave.rpc_server import RpcServer
 from parent.app import create_app
 from parent.config import ParentConfig
@@ -60,8 +61,10 @@ from shared.envelope import Envelope
 from shared.ids import new_session_id, session_hash
 from shared.io.transport import TcpSimTransport, VsockAddress
 from shared.logsetup import configure_logging
+from shared.merkle import TreeHead
 from shared.signing import sign_payload, verify_payload
-from tests.support.postgres import PgDatabase, row_counts
+from shared.translog import TransparencyLogError, verify_log
+from tests.support.postgres import PgDatabase, admin_query, row_counts
 
 ADDRESS = VsockAddress(cid=16, port=5000)
 ORIGIN = "https://app.example"
@@ -110,6 +113,8 @@ class FakeEnclave:
     live: dict[str, bool] = field(default_factory=dict)
     seq: dict[str, int] = field(default_factory=dict)
     calls: list[p.Request] = field(default_factory=list)
+    logs: dict[str, OpsLog] = field(default_factory=dict)  # the real log code, per session
+    forge_log_roots: bool = False  # sign heads whose root matches no entries
     server: RpcServer | None = None
 
     def __post_init__(self) -> None:
@@ -174,10 +179,16 @@ class FakeEnclave:
                 has_owner = self.pending.pop(request.session_id)
                 if request.commit:
                     self.live[request.session_id] = has_owner
+                    opslog = OpsLog(session_hash(request.session_id))
+                    opslog.append("submit", at=int(time.time()), data={"exchange": "binance"})
+                    self.logs[request.session_id] = opslog
                 return p.ConfirmReply(request_id=rid)
             case p.Aggregates():
                 seq = self.seq.get(request.session_id, 0) + 1
                 self.seq[request.session_id] = seq
+                self.logs[request.session_id].append(
+                    "report", at=int(time.time()), data={"seq": seq}
+                )
                 payload: dict[str, Any] = {"pnl": 12.5, "sharpe": 1.2, "volume": 1000}
                 payload |= {"trades": 3, "seq": seq, "from": "2026-01-01", "to": "2026-01-02"}
                 return p.AggregatesReply(
@@ -194,7 +205,26 @@ class FakeEnclave:
                 if self.live[request.session_id] and request.proof_signature is None:
                     return self._error(request, p.ErrorCode.FORBIDDEN, "owner proof required")
                 del self.live[request.session_id]
-                return p.RevokeReply(request_id=rid)
+                opslog = self.logs.pop(request.session_id)
+                opslog.append("revoke", at=int(time.time()), data={"by": "holder"})
+                head = opslog.tree_head(now=int(time.time()))
+                return p.RevokeReply(
+                    request_id=rid,
+                    entries=opslog.since(request.log_start, opslog.size),
+                    tree_head=head,
+                    signature=sign_payload(self.signing_key, head),
+                )
+            case p.Logs():
+                opslog = self.logs[request.session_id]
+                head = opslog.tree_head(now=int(time.time()))
+                if self.forge_log_roots:
+                    head["root_hash"] = "11" * 32
+                return p.LogsReply(
+                    request_id=rid,
+                    entries=opslog.since(request.start, 2),  # small pages: paging is exercised
+                    tree_head=head,
+                    signature=sign_payload(self.signing_key, head),
+                )
             case p.SealRecord():
                 return p.SealRecordReply(
                     request_id=rid,
@@ -767,15 +797,123 @@ async def test_one_session_cannot_touch_another(api: Api) -> None:
 # --------------------------------------------------------------------------- logs
 
 
-async def test_session_log_lists_the_sessions_operations(api: Api) -> None:
-    """GET /api/logs/{id}: the session's ops entries in order (read as app_service)."""
+async def test_session_log_is_a_verifiable_transparency_log(api: Api) -> None:
+    """GET /api/logs/{id}: enclave-signed entries with inclusion proofs, stored on the way."""
     session_id = await api.submit()
-    await api.call("POST", "/enclave/request_aggregates", json_body={"session_id": session_id})
+    for _ in range(2):
+        await api.call("POST", "/enclave/request_aggregates", json_body={"session_id": session_id})
     status, body, _ = await api.call("GET", f"/api/logs/{session_id}")
     assert status == 200, body
-    assert body["tree_head"] is None
-    assert [entry["op"] for entry in body["session_log"]] == ["submit", "aggregates"]
-    assert all(re.fullmatch(r"[0-9a-f]{32}", e["request_id"]) for e in body["session_log"])
+    verified = verify_log(
+        body,
+        signing_public=api.fake.signing_public,
+        session_hash=session_hash(session_id),
+        require_complete=True,
+    )
+    assert verified.ops() == ["submit", "report", "report"]
+    assert body["live"] is True and body["consistency_proof"] is None
+    # The parent's own (unsigned) access log rides along, read as app_service.
+    assert [e["op"] for e in body["access_log"]] == ["submit", "aggregates", "aggregates"]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", e["request_id"]) for e in body["access_log"])
+    rows = admin_query(
+        api.db,
+        "SELECT log_index, op FROM ops_logs WHERE log_index IS NOT NULL ORDER BY log_index",
+    )
+    assert rows == [(0, "log.submit"), (1, "log.report"), (2, "log.report")]
+    assert admin_query(api.db, "SELECT tree_size FROM merkle_logs") == [(3,)]
+
+
+async def test_session_log_proves_it_only_grew(api: Api) -> None:
+    """since_size gives a consistency proof from a head the client kept; tampering fails."""
+    session_id = await api.submit()
+    digest = session_hash(session_id)
+    _, first, _ = await api.call("GET", f"/api/logs/{session_id}")
+    old = verify_log(first, signing_public=api.fake.signing_public, session_hash=digest).head
+    await api.call("POST", "/enclave/request_aggregates", json_body={"session_id": session_id})
+    status, body, _ = await api.call("GET", f"/api/logs/{session_id}?since_size={old.size}")
+    assert status == 200, body
+    grown = verify_log(
+        body, signing_public=api.fake.signing_public, session_hash=digest, trusted_head=old
+    )
+    assert (old.size, grown.head.size) == (1, 2)
+    forged = TreeHead(log_id=old.log_id, size=1, root_hash="00" * 32, timestamp=old.timestamp)
+    with pytest.raises(TransparencyLogError, match="rewritten"):
+        verify_log(body, signing_public=api.fake.signing_public, session_hash=digest,
+                   trusted_head=forged)  # fmt: skip
+    tampered = json.loads(json.dumps(body))
+    tampered["entries"][1]["entry"]["data"]["seq"] = 7
+    with pytest.raises(TransparencyLogError, match="not in the signed tree"):
+        verify_log(tampered, signing_public=api.fake.signing_public, session_hash=digest)
+    tampered = json.loads(json.dumps(body))
+    tampered["tree_head"]["payload"]["tree_size"] = 1
+    with pytest.raises(TransparencyLogError, match="signature"):
+        verify_log(tampered, signing_public=api.fake.signing_public, session_hash=digest)
+    with pytest.raises(TransparencyLogError, match="another log"):
+        verify_log(body, signing_public=api.fake.signing_public, session_hash=bytes(32))
+
+
+async def test_session_log_outlives_a_revoke(api: Api) -> None:
+    """After revoke the stored log still answers, ending with the signed revoke entry."""
+    session_id = await api.submit()
+    await api.call("POST", "/enclave/request_aggregates", json_body={"session_id": session_id})
+    await api.call("GET", f"/api/logs/{session_id}")  # stores entries 0..1
+    status, _, _ = await api.call("POST", "/enclave/revoke", json_body={"session_id": session_id})
+    assert status == 200
+    status, body, _ = await api.call("GET", f"/api/logs/{session_id}")
+    assert status == 200, body
+    verified = verify_log(
+        body,
+        signing_public=api.fake.signing_public,
+        session_hash=session_hash(session_id),
+        require_complete=True,
+    )
+    assert verified.ops() == ["submit", "report", "revoke"]
+    assert body["live"] is False and body["access_log"] == []
+    revoke = api.fake.calls_of(p.Revoke)[-1]
+    assert revoke.log_start == 2  # the parent asked only for what it lacked
+    assert api.counts()["sessions"] == 0
+
+
+async def test_session_log_pages_and_bad_queries(api: Api) -> None:
+    """start/limit page the entries (proofs still verify); out-of-range queries are 400."""
+    session_id = await api.submit()
+    for _ in range(4):
+        await api.call("POST", "/enclave/request_aggregates", json_body={"session_id": session_id})
+    status, body, _ = await api.call("GET", f"/api/logs/{session_id}?start=2&limit=2")
+    assert status == 200, body
+    verified = verify_log(
+        body, signing_public=api.fake.signing_public, session_hash=session_hash(session_id)
+    )
+    assert [e["index"] for e in verified.entries] == [2, 3] and verified.head.size == 5
+    for query in ("limit=0", "limit=1001", "start=-1", "start=x", "since_size=6"):
+        status, body, _ = await api.call("GET", f"/api/logs/{session_id}?{query}")
+        assert_error(status, body, 400, "bad_request")
+
+
+async def test_session_log_served_from_storage_when_the_enclave_is_down(api: Api) -> None:
+    """Enclave unreachable: the stored log and head are served, marked not live."""
+    session_id = await api.submit()
+    await api.call("GET", f"/api/logs/{session_id}")
+    await api.fake.stop()
+    status, body, _ = await api.call("GET", f"/api/logs/{session_id}")
+    assert status == 200, body
+    assert body["live"] is False
+    verified = verify_log(
+        body, signing_public=api.fake.signing_public, session_hash=session_hash(session_id)
+    )
+    assert verified.ops() == ["submit"]
+
+
+async def test_parent_refuses_to_store_a_log_that_does_not_verify(api: Api) -> None:
+    """An enclave reply whose entries do not hash to its head: 503, nothing stored."""
+    session_id = await api.submit()
+    api.fake.forge_log_roots = True
+    status, body, _ = await api.call("GET", f"/api/logs/{session_id}")
+    assert_error(status, body, 503, "unavailable")
+    assert admin_query(api.db, "SELECT count(*) FROM merkle_logs") == [(0,)]
+    assert admin_query(api.db, "SELECT count(*) FROM ops_logs WHERE log_index IS NOT NULL") == [
+        (0,)
+    ]
 
 
 async def test_session_log_of_unknown_session_is_404(api: Api) -> None:

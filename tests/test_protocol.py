@@ -35,7 +35,7 @@ def build(vector: dict[str, Any]) -> p.Message:
     cls = MESSAGE_CLASSES[vector["type"]]
     values = {name: from_jsonable(value) for name, value in vector["fields"].items()}
     for name, value in values.items():
-        if isinstance(value, list) and name == "sealed":
+        if isinstance(value, list) and name in ("sealed", "entries"):  # tuple fields
             values[name] = tuple(from_jsonable(item) for item in value)
     if "code" in values:
         values["code"] = p.ErrorCode(values["code"])
@@ -90,12 +90,13 @@ def test_every_request_type_has_a_reply_type() -> None:
     assert all(issubclass(r, p.Reply) for r in p.REPLY_TYPES.values())
 
 
-GOOD = {"v": 1, "t": "summary", "id": 5, "session_id": "abc"}
+GOOD = {"v": 2, "t": "summary", "id": 5, "session_id": "abc"}
 
 BAD_BODIES: list[tuple[str, Any]] = [
     ("unknown type", {**GOOD, "t": "launch_missiles"}),
     ("type not a string", {**GOOD, "t": 3}),
-    ("wrong version", {**GOOD, "v": 2}),
+    ("wrong version", {**GOOD, "v": 1}),  # the previous protocol
+    ("future version", {**GOOD, "v": 3}),
     ("version as bool", {**GOOD, "v": True}),
     ("missing version", {k: v for k, v in GOOD.items() if k != "v"}),
     ("missing field", {k: v for k, v in GOOD.items() if k != "session_id"}),
@@ -108,18 +109,18 @@ BAD_BODIES: list[tuple[str, Any]] = [
     ("negative id", {**GOOD, "id": -1}),
     ("id beyond 64 bits", {**GOOD, "id": 2**64}),
     ("not a map", [1, 2, 3]),
-    ("bytes field as str", {"v": 1, "t": "attest", "id": 1, "nonce": "00"}),
-    ("bool field as int", {"v": 1, "t": "confirm", "id": 1, "session_id": "s", "commit": 1}),
-    ("tuple field as bytes", {"v": 1, "t": "restore", "id": 1, "wrapped_key": b"", "sealed": b""}),
+    ("bytes field as str", {"v": 2, "t": "attest", "id": 1, "nonce": "00"}),
+    ("bool field as int", {"v": 2, "t": "confirm", "id": 1, "session_id": "s", "commit": 1}),
+    ("tuple field as bytes", {"v": 2, "t": "restore", "id": 1, "wrapped_key": b"", "sealed": b""}),
     (
         "tuple item wrong type",
-        {"v": 1, "t": "restore", "id": 1, "wrapped_key": b"", "sealed": ["a"]},
+        {"v": 2, "t": "restore", "id": 1, "wrapped_key": b"", "sealed": ["a"]},
     ),
-    ("json field not a map", {"v": 1, "t": "metrics_reply", "id": 1, "metrics": [1]}),
-    ("json key not a string", {"v": 1, "t": "metrics_reply", "id": 1, "metrics": {1: 2}}),
-    ("json holds bytes", {"v": 1, "t": "metrics_reply", "id": 1, "metrics": {"a": b"x"}}),
-    ("json holds NaN", {"v": 1, "t": "metrics_reply", "id": 1, "metrics": {"a": float("nan")}}),
-    ("unknown error code", {"v": 1, "t": "error", "id": 1, "code": "teapot", "message": "m"}),
+    ("json field not a map", {"v": 2, "t": "metrics_reply", "id": 1, "metrics": [1]}),
+    ("json key not a string", {"v": 2, "t": "metrics_reply", "id": 1, "metrics": {1: 2}}),
+    ("json holds bytes", {"v": 2, "t": "metrics_reply", "id": 1, "metrics": {"a": b"x"}}),
+    ("json holds NaN", {"v": 2, "t": "metrics_reply", "id": 1, "metrics": {"a": float("nan")}}),
+    ("unknown error code", {"v": 2, "t": "error", "id": 1, "code": "teapot", "message": "m"}),
 ]
 
 

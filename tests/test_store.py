@@ -18,6 +18,7 @@ from parent.db import (
     AggregateRow,
     Conflict,
     InvalidData,
+    LogBatch,
     RecordMeta,
     ReplayedEnvelope,
     SessionNotFound,
@@ -28,8 +29,9 @@ from parent.db import (
 )
 from parent.db.embedded import EmbeddedPostgres
 from shared.encoding import b64encode, canonical_json
+from shared.translog import encode_entry
 from tests.support.leakscan import LeakScanner
-from tests.support.postgres import PgDatabase, pg_dump, row_counts
+from tests.support.postgres import PgDatabase, admin_query, pg_dump, row_counts
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -78,11 +80,6 @@ async def new_session(
     return session_hash
 
 
-def admin_query(db: PgDatabase, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    with psycopg.connect(db.admin_conninfo) as conn:
-        return conn.execute(query.encode(), params).fetchall()
-
-
 def session_row_counts(db: PgDatabase, session_hash: bytes) -> dict[str, int]:
     """Rows per child table that belong to the session with that hash (via its id)."""
     counts: dict[str, int] = {}
@@ -94,7 +91,7 @@ def session_row_counts(db: PgDatabase, session_hash: bytes) -> dict[str, int]:
             )
         ]
         counts["sessions"] = len(ids)
-        for table in ("credentials", "aggregates", "merkle_logs", "ops_logs", "records"):
+        for table in ("credentials", "aggregates", "ops_logs", "records"):
             row = conn.execute(
                 sql.SQL("SELECT count(*) FROM {} WHERE session_id = ANY(%s)").format(
                     sql.Identifier(table)
@@ -110,15 +107,34 @@ async def fill_session(store: Store, db: PgDatabase, session_hash: bytes) -> Non
     await store.store_aggregate(session_hash, seq=0, payload={"pnl": "1.5"}, signature=b64(64))
     await store.append_op(session_hash, op="poll", request_id="r-1", details={"calls": 3})
     await store.insert_record(session_hash, record_id=uuid.uuid4(), label="notes", sealed=b64(200))
-    # merkle_logs has no store method yet (a later issue): write it as the admin.
-    with psycopg.connect(db.admin_conninfo) as conn:
-        conn.execute(
-            """
-            INSERT INTO merkle_logs (session_id, tree_size, root_hash, signed_tree_head)
-            SELECT id, 1, %s, '{"sth": 1}' FROM sessions WHERE session_hash = %s
-            """,
-            (os.urandom(32), session_hash),
-        )
+    await store.append_log(session_hash, log_batch(0, 2))
+
+
+def log_batch(start: int, count: int) -> LogBatch:
+    """Transparency entries start..start+count-1 and a (shape-only) head over them."""
+    entries = tuple(
+        encode_entry(i, "poll", at=1_700_000_000, data={"trades": i}).decode()
+        for i in range(start, start + count)
+    )
+    return LogBatch(
+        start=start,
+        entries=entries,
+        ops=("poll",) * count,
+        head={"payload": {"tree_size": start + count}, "signature": b64(64)},
+        tree_size=start + count,
+        root_hash=os.urandom(32),
+    )
+
+
+def transparency_rows(db: PgDatabase, session_hash: bytes) -> tuple[int, int]:
+    """(entries, heads) stored for that session's transparency log."""
+    entries = admin_query(
+        db, "SELECT count(*) FROM ops_logs WHERE session_hash = %s", (session_hash,)
+    )
+    heads = admin_query(
+        db, "SELECT count(*) FROM merkle_logs WHERE session_hash = %s", (session_hash,)
+    )
+    return int(entries[0][0]), int(heads[0][0])
 
 
 def test_public_api_is_exactly_all() -> None:
@@ -311,9 +327,15 @@ async def test_revoke_removes_every_row_of_that_session_only(
     kept_before = session_row_counts(pg_db, kept)
     assert all(count > 0 for count in session_row_counts(pg_db, revoked).values())
 
-    assert await store.revoke_session(revoked, request_id="req-revoke") is True
+    final = log_batch(2, 1)
+    assert await store.revoke_session(revoked, request_id="req-revoke", log=final) is True
 
     assert set(session_row_counts(pg_db, revoked).values()) == {0}
+    # The transparency log outlives the session, with the final batch written alongside.
+    assert transparency_rows(pg_db, revoked) == (3, 2)
+    assert len(await store.log_entries(revoked)) == 3
+    latest = await store.latest_tree_head(revoked)
+    assert latest is not None and latest[0] == 3
     assert session_row_counts(pg_db, kept) == kept_before
     assert await store.get_session(revoked, now=NOW) is None
     assert await store.latest_aggregate(revoked) is None
@@ -495,8 +517,9 @@ async def test_operator_cannot_read_credentials_but_reads_sessions(
         assert conn.execute("SELECT count(*) FROM sessions").fetchone() == (1,)
         assert conn.execute("SELECT count(*) FROM aggregates").fetchone() == (1,)
         assert conn.execute("SELECT label FROM records").fetchone() == ("notes",)
-        # submit, aggregates (written with the report) and poll
-        assert conn.execute("SELECT count(*) FROM ops_logs").fetchone() == (3,)
+        # submit, aggregates (written with the report) and poll; two transparency entries
+        assert conn.execute("SELECT count(*) FROM ops_logs").fetchone() == (5,)
+        assert conn.execute("SELECT count(*) FROM merkle_logs").fetchone() == (1,)
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,13 @@ open) and SHA-256 of the session id; the clear id goes back to the client only.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 import structlog
 from aiohttp import web
 
 from parent.api.errors import ApiError, json_response
+from parent.api.logs import LogMismatch, check_log_batch
 from parent.api.services import REQUEST_ID, SERVICES, Services
 from parent.api.validation import (
     check_session_metadata,
@@ -32,7 +33,7 @@ from parent.api.validation import (
     require_session_id,
 )
 from parent.db.errors import StoreError
-from parent.db.store import StoredCredentials
+from parent.db.store import LogBatch, StoredCredentials
 from parent.enclave_client import EnclaveClientError, EnclaveRefused
 from shared import protocol as p
 from shared.envelope import envelope_digest
@@ -40,10 +41,10 @@ from shared.ids import is_session_id, session_hash
 
 __all__ = [
     "REVOKED_MESSAGE",
+    "disclose_trade",
     "request_aggregates",
     "revoke",
     "rfc3339",
-    "session_logs",
     "session_metrics",
     "session_summary",
     "submit_key",
@@ -53,6 +54,11 @@ log = structlog.get_logger("parent.sessions")
 
 _SESSION_FIELDS: Final = frozenset({"session_id"})
 _REVOKE_FIELDS: Final = frozenset({"session_id", "timestamp", "signature"})
+_DISCLOSE_FIELDS: Final = frozenset(
+    {"session_id", "symbol", "trade_id", "tree_size", "timestamp", "signature"}
+)
+_MAX_SYMBOL: Final = 64
+_MAX_TRADE_ID: Final = 128
 REVOKED_MESSAGE: Final = "Session revoked and data purged"
 
 
@@ -191,32 +197,84 @@ async def revoke(request: web.Request) -> web.Response:
     only_fields(body, _REVOKE_FIELDS)
     session_id = require_session_id(body.get("session_id"))
     proof = owner_proof_from_body(body)
+    digest = session_hash(session_id)
     with services.audit("session.revoke", session_id):
         enclave_knew = True
+        final_log: LogBatch | None = None
+        stored = await services.store.log_entries(digest)
         try:
-            await services.enclave_call(
+            reply = await services.enclave_call(
                 "revoke",
                 p.Revoke(
                     request_id=0,
                     session_id=session_id,
                     proof_timestamp=proof.timestamp,
                     proof_signature=proof.signature,
+                    log_start=len(stored),
                 ),
                 p.RevokeReply,
             )
+            try:
+                final_log = check_log_batch(
+                    stored, entries=reply.entries, tree_head=reply.tree_head,
+                    signature=reply.signature,
+                )  # fmt: skip
+            except LogMismatch as exc:
+                # The revoke stands (the enclave already forgot the session); only
+                # its last log entries are not kept.
+                log.error("enclave_log_mismatch", reason=str(exc))
         except EnclaveRefused as exc:
             if exc.code is not p.ErrorCode.NOT_FOUND:
                 raise  # forbidden (owner proof), unavailable, ...: the database is untouched
             # Expired or lost in an enclave restart: the stored ciphertext goes anyway.
             enclave_knew = False
-        existed = await services.store.revoke_session(
-            session_hash(session_id), request_id=request_id
-        )
+        existed = await services.store.revoke_session(digest, request_id=request_id, log=final_log)
         if not existed and not enclave_knew:
             raise ApiError(404, "not_found", "unknown, expired or revoked session")
         if existed:
             services.metrics.active_sessions.dec()
     return json_response({"success": True, "message": REVOKED_MESSAGE})
+
+
+def _printable(value: object, *, where: str, max_chars: int) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= max_chars or not value.isprintable():
+        raise ApiError(400, "bad_request", f"{where} must be 1..{max_chars} printable characters")
+    return value
+
+
+async def disclose_trade(request: web.Request) -> web.Response:
+    """POST /enclave/disclose_trade: owner only; one committed trade, sealed to the owner.
+
+    The reply is an envelope only the owner's key opens (shared.disclosure): the
+    parent relays it and learns nothing about the trade.
+    """
+    services = request.app[SERVICES]
+    body = await read_json_object(request, max_bytes=services.config.max_body_bytes)
+    only_fields(body, _DISCLOSE_FIELDS)
+    session_id = require_session_id(body.get("session_id"))
+    symbol = _printable(body.get("symbol"), where="field 'symbol'", max_chars=_MAX_SYMBOL)
+    trade_id = _printable(body.get("trade_id"), where="field 'trade_id'", max_chars=_MAX_TRADE_ID)
+    tree_size = body.get("tree_size")
+    if tree_size is not None and (type(tree_size) is not int or not 1 <= tree_size <= 2**53 - 1):
+        raise ApiError(400, "bad_request", "field 'tree_size' must be a positive integer")
+    proof = owner_proof_from_body(body)
+    if proof.timestamp is None or proof.signature is None:
+        raise ApiError(403, "forbidden", "owner proof required (timestamp, signature)")
+    with services.audit("trade.disclose", session_id):
+        reply = await services.enclave_call(
+            "disclose_trade",
+            p.DiscloseTrade(
+                request_id=0,
+                session_id=session_id,
+                symbol=symbol,
+                trade_id=trade_id,
+                tree_size=tree_size,
+                proof_timestamp=proof.timestamp,
+                proof_signature=proof.signature,
+            ),
+            p.DiscloseTradeReply,
+        )
+    return json_response({"envelope": reply.envelope})
 
 
 def _path_session_id(request: web.Request) -> str:
@@ -243,28 +301,3 @@ async def session_summary(request: web.Request) -> web.Response:
             "summary", p.Summary(request_id=0, session_id=session_id), p.SummaryReply
         )
     return json_response(reply.summary)
-
-
-def _entry(op: str, at: datetime, request_id: str | None) -> dict[str, Any]:
-    return {"op": op, "at": at.astimezone(UTC).isoformat(), "request_id": request_id}
-
-
-async def session_logs(request: web.Request) -> web.Response:
-    """GET /api/logs/{session_id}: the session's ops-log entries, oldest first.
-
-    ``tree_head`` is null until the transparency log (Merkle inclusion proofs and a
-    signed tree head, RFC 6962) lands; then each entry gains its proof.
-    """
-    services = request.app[SERVICES]
-    session_id = _path_session_id(request)
-    digest = session_hash(session_id)
-    with services.audit("logs.read", session_id):
-        if await services.store.get_session(digest, now=services.clock()) is None:
-            raise ApiError(404, "not_found", "unknown, expired or revoked session")
-        entries = await services.session_log.list_session_ops(digest)
-    return json_response(
-        {
-            "session_log": [_entry(e.op, e.at, e.request_id) for e in entries],
-            "tree_head": None,
-        }
-    )

@@ -23,6 +23,7 @@ from parent.db.errors import (
 from parent.db.store import (
     AggregateRow,
     LiveCredential,
+    LogBatch,
     RecordMeta,
     RecordRow,
     SessionRow,
@@ -36,6 +37,7 @@ __all__ = [
     "Conflict",
     "InvalidData",
     "LiveCredential",
+    "LogBatch",
     "MigrationError",
     "RecordMeta",
     "RecordRow",

@@ -58,6 +58,7 @@ __all__ = [
     "AggregateRow",
     "JsonObject",
     "LiveCredential",
+    "LogBatch",
     "OpsLogRow",
     "RecordMeta",
     "RecordRow",
@@ -87,6 +88,54 @@ class OpsLogRow:
     op: str
     at: datetime
     request_id: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogBatch:
+    """Transparency-log entries from ``start`` on and the signed head that covers them.
+
+    ``entries`` are the enclave's canonical JSON texts (the Merkle leaves), ``ops``
+    their operation names; ``head`` is ``{"payload", "signature"}`` for a tree of
+    ``tree_size`` entries with root ``root_hash``.
+    """
+
+    start: int
+    entries: tuple[str, ...]
+    ops: tuple[str, ...]
+    head: JsonObject
+    tree_size: int
+    root_hash: bytes
+
+    def params(self, session_hash: bytes) -> dict[str, Any]:
+        """The bound parameters of the insert statements below."""
+        return {
+            "log_hash": session_hash,
+            "log_ops": [f"log.{op}" for op in self.ops],
+            "log_indexes": list(range(self.start, self.start + len(self.entries))),
+            "log_entries": list(self.entries),
+            "head": Jsonb(self.head),
+            "tree_size": self.tree_size,
+            "root_hash": self.root_hash,
+        }
+
+
+# Insert a LogBatch: entries already stored (a concurrent reader got there first) are
+# the same bytes from the same enclave, so conflicts are skipped, not errors.
+_LOG_INSERT_CTES = """
+    log_rows AS (
+        INSERT INTO ops_logs (op, session_hash, log_index, entry)
+        SELECT op, %(log_hash)s, idx, entry
+        FROM unnest(%(log_ops)s::text[], %(log_indexes)s::bigint[], %(log_entries)s::text[])
+            AS batch(op, idx, entry)
+        ON CONFLICT (session_hash, log_index) WHERE log_index IS NOT NULL DO NOTHING
+        RETURNING 1
+    ),
+    head_row AS (
+        INSERT INTO merkle_logs (session_hash, tree_size, root_hash, signed_tree_head)
+        VALUES (%(log_hash)s, %(tree_size)s, %(root_hash)s, %(head)s)
+        ON CONFLICT (session_hash, tree_size) DO NOTHING
+        RETURNING 1
+    )"""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -416,23 +465,32 @@ class Store:
         )
 
     @_database_errors
-    async def revoke_session(self, session_hash: bytes, *, request_id: str) -> bool:
+    async def revoke_session(
+        self, session_hash: bytes, *, request_id: str, log: LogBatch | None = None
+    ) -> bool:
         """Delete the session and every row of it; True if it existed.
 
-        Credentials, aggregates, Merkle logs, ops logs and records go with it through
-        ``ON DELETE CASCADE``, in the same statement. A ``revoke`` ops entry is kept,
-        deliberately not linked to the session (no session id, hash or label).
+        Credentials, aggregates, audit rows and records go with it through
+        ``ON DELETE CASCADE``, in the same statement. A ``revoke`` audit row is kept,
+        deliberately not linked to the session (no session id, hash or label). The
+        transparency log stays (it is keyed by the hash, not the row); ``log``, the
+        enclave's final entries and head, is written by the same statement.
         """
+        params: dict[str, Any] = {"session_hash": session_hash, "request_id": request_id}
+        log_ctes = ""
+        if log is not None:
+            params |= log.params(session_hash)
+            log_ctes = "," + _LOG_INSERT_CTES
         async with self._pool.connection() as conn:
             cur = await conn.execute(
-                """
+                f"""
                 WITH gone AS (
                     DELETE FROM sessions WHERE session_hash = %(session_hash)s RETURNING id
-                )
+                ){log_ctes}
                 INSERT INTO ops_logs (op, request_id, details)
-                SELECT 'revoke', %(request_id)s, '{}'::jsonb FROM gone
-                """,
-                {"session_hash": session_hash, "request_id": request_id},
+                SELECT 'revoke', %(request_id)s, '{{}}'::jsonb FROM gone
+                """,  # noqa: S608 - only constant SQL text is interpolated
+                params,
             )
             # One audit row is inserted per deleted session, so rowcount says whether
             # the session existed.
@@ -629,6 +687,50 @@ class Store:
             )
             rows = await cur.fetchall()
         return [OpsLogRow(op=op, at=at, request_id=request_id) for op, at, request_id in rows]
+
+    # -- transparency log -----------------------------------------------------------
+
+    @_database_errors
+    @_retry_lost_connection
+    async def log_entries(self, session_hash: bytes) -> list[str]:
+        """The stored transparency-log entries of a session, by index (canonical texts)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                """
+                SELECT log_index, entry FROM ops_logs
+                WHERE session_hash = %s AND log_index IS NOT NULL
+                ORDER BY log_index
+                """,
+                (session_hash,),
+            )
+            rows = await cur.fetchall()
+        entries: list[str] = []
+        for index, entry in rows:
+            if index != len(entries):
+                break  # a hole (cannot happen: batches are written whole); serve the prefix
+            entries.append(entry)
+        return entries
+
+    @_database_errors
+    @_retry_lost_connection
+    async def latest_tree_head(self, session_hash: bytes) -> tuple[int, JsonObject] | None:
+        """The stored signed head of the largest tree for that session, with its size."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                """
+                SELECT tree_size, signed_tree_head FROM merkle_logs
+                WHERE session_hash = %s ORDER BY tree_size DESC LIMIT 1
+                """,
+                (session_hash,),
+            )
+            row = await cur.fetchone()
+        return None if row is None else (int(row[0]), row[1])
+
+    @_database_errors
+    async def append_log(self, session_hash: bytes, batch: LogBatch) -> None:
+        """Store new transparency entries and their signed head in one statement."""
+        async with self._pool.connection() as conn:
+            await conn.execute("WITH" + _LOG_INSERT_CTES + " SELECT 1", batch.params(session_hash))
 
     # -- sealed records -------------------------------------------------------------
 

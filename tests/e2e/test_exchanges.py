@@ -19,7 +19,11 @@ import pytest
 
 from scripts.localstack import LocalStack, free_port
 from shared.client import SecureClient
+from shared.disclosure import open_disclosure, verify_disclosure
 from shared.encoding import canonical_json
+from shared.ids import session_hash
+from shared.signing import report_hash, sign_owner_proof
+from shared.translog import verify_log
 
 pytestmark = pytest.mark.e2e
 
@@ -110,7 +114,66 @@ async def test_full_history_through_the_egress(
     assert f'egress_connections_total{{host="{fake["host"]}:443",outcome="ok"}}' in (
         await metrics_text(stack)
     )
+    # The owner discloses one real trade; it verifies against the signed report offline.
+    symbol, trade_id = sorted(truth)[len(truth) // 2]
+    quote = await client.attest()
+    proof = sign_owner_proof(
+        registration.owner_key,  # type: ignore[arg-type]
+        method="disclose_trade",
+        session_id=registration.session_id,
+        timestamp=int(time.time()),
+    )
+    status, body = await call_parent(
+        stack,
+        "POST",
+        "/enclave/disclose_trade",
+        {
+            "session_id": registration.session_id,
+            "symbol": symbol,
+            "trade_id": trade_id,
+            "tree_size": report.payload["merkle_tree_size"],
+        }
+        | proof.to_wire(),
+    )
+    assert status == 200, body
+    assert registration.owner_key is not None
+    disclosure = open_disclosure(body["envelope"], registration.owner_key)
+    trade = verify_disclosure(disclosure, report_payload=report.payload)
+    assert (trade.fields["symbol"], trade.fields["id"]) == (symbol, trade_id)
+    # The transparency log shows all of it, signed by the attested key.
+    digest = session_hash(registration.session_id)
+    status, body = await call_parent(stack, "GET", f"/api/logs/{registration.session_id}")
+    assert status == 200, body
+    live = verify_log(
+        body, signing_public=quote.sig_public, session_hash=digest, require_complete=True
+    )
+    assert live.ops()[0] == "submit" and {"poll", "report", "disclose"} <= set(live.ops())
+    assert report_hash(report.payload) in live.reports().values()
     await client.revoke(registration)
+    status, body = await call_parent(
+        stack, "GET", f"/api/logs/{registration.session_id}?since_size={live.head.size}"
+    )
+    assert status == 200, body
+    final = verify_log(
+        body,
+        signing_public=quote.sig_public,
+        session_hash=digest,
+        trusted_head=live.head,
+        require_complete=True,
+    )
+    assert final.ops()[-1] == "revoke" and body["live"] is False
+
+
+async def call_parent(
+    stack: LocalStack, method: str, path: str, body: Any = None
+) -> tuple[int, Any]:
+    """One HTTPS request to the parent, as any HTTP client would make it."""
+    context = ssl.create_default_context(cafile=str(stack.ca_file))
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as http,
+        http.request(method, stack.base_url + path, json=body) as response,
+    ):
+        return response.status, await response.json()
 
 
 async def test_rate_limit_and_5xx_burst_are_ridden_out(

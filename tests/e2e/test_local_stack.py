@@ -394,7 +394,8 @@ async def test_records_and_session_log_end_to_end(
     assert all(note not in row[0].encode() for row in rows)
     async with http.get(f"/api/logs/{registration.session_id}") as resp:
         log = await resp.json()
-    assert [entry["op"] for entry in log["session_log"]][:1] == ["submit"]
+    assert [entry["op"] for entry in log["access_log"]][:1] == ["submit"]
+    assert [entry["entry"]["op"] for entry in log["entries"]][:1] == ["submit"]
     await client.revoke(registration)
     async with http.get("/api/records", headers=headers) as resp:
         assert resp.status == 404

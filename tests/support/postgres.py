@@ -27,6 +27,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -42,6 +43,7 @@ __all__ = [
     "PgCluster",
     "PgDatabase",
     "PgToolMissing",
+    "admin_query",
     "find_pg_dump",
     "pg_cluster",
     "pg_db",
@@ -216,6 +218,12 @@ async def store(pg_db: PgDatabase) -> AsyncIterator[Store]:
         yield opened
     finally:
         await opened.close()
+
+
+def admin_query(db: PgDatabase, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run one query as the admin role (tests read what the app role may not)."""
+    with psycopg.connect(db.admin_conninfo) as conn:
+        return conn.execute(query.encode(), params).fetchall()
 
 
 def row_counts(conninfo: str) -> dict[str, int]:

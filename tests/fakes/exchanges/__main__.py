@@ -15,7 +15,14 @@ lets tests in another process drive the faults and read the call logs:
 
 - ``POST /faults/{exchange}`` with ``{"kind": "rate_limit", "times": n, "retry_after_s": s}``,
   ``{"kind": "server_error", "times": n, "status": 503}`` or ``{"kind": "clear"}``;
-- ``GET /calls/{exchange}``: ``[{"method", "path", "status", "error", "fault", "at"}]``.
+- ``GET /calls/{exchange}``: ``[{"method", "path", "status", "error", "fault", "at"}]``;
+- ``GET /trades/{exchange}``: the seeded trades, in time order, for tests that recompute
+  the figures themselves: ``[{"symbol", "id", "order_id", "timestamp", "side", "price",
+  "amount", "fee", "fee_currency", "raw"}]``. ``id`` is the unique fill id of the truth
+  file; ``price``, ``amount`` (base units) and ``fee`` are the generated values as exact
+  decimal strings, ``fee_currency`` the asset the fee was charged in, ``timestamp`` ms;
+  ``raw`` is the object exactly as the exchange serves it (its own strings, e.g. the
+  exchange's rounded quote amount).
 
 ``fakes.json`` is written last (atomically), so its presence means "ready".
 """
@@ -38,7 +45,7 @@ from aiohttp import web
 
 from .binance import FakeBinance, binance_history_spec
 from .coinbase import CoinbaseKey, FakeCoinbase, coinbase_history_spec
-from .common import FakeExchange, FakeTls, create_fake_tls
+from .common import FakeExchange, FakeTls, TruthTrade, create_fake_tls
 from .kraken import FakeKraken, kraken_history_spec
 
 HOSTS = {"binance": "api.binance.com", "kraken": "api.kraken.com", "coinbase": "api.coinbase.com"}
@@ -94,20 +101,47 @@ def _admin_app(fakes: dict[str, FakeExchange]) -> web.Application:
             ]
         )
 
+    async def trades(request: web.Request) -> web.Response:
+        name = request.match_info["exchange"]
+        fake = fake_of(request)
+        return web.json_response(
+            [
+                {
+                    "symbol": trade.symbol,
+                    "id": _unique_id(name, trade),
+                    "order_id": trade.order_id,
+                    "timestamp": trade.time_ms,
+                    "side": trade.fill.side,
+                    "price": f"{trade.fill.price:f}",
+                    "amount": f"{trade.fill.qty:f}",
+                    "fee": f"{trade.fill.fee:f}",
+                    "fee_currency": trade.fill.fee_asset,
+                    "raw": dict(trade.raw),
+                }
+                for trade in fake.ground_truth
+            ]
+        )
+
     app = web.Application()
     app.router.add_post("/faults/{exchange}", set_fault)
     app.router.add_get("/calls/{exchange}", calls)
+    app.router.add_get("/trades/{exchange}", trades)
     return app
 
 
-def _unique_keys(name: str, fake: FakeExchange) -> list[list[str]]:
-    """Sorted ``[symbol, fill id]``: the id that names one fill uniquely on that exchange.
+def _unique_id(name: str, trade: TruthTrade) -> str:
+    """The id that names one fill uniquely on that exchange.
 
     Coinbase gives both sides of a self-match the same ``trade_id``; its per-fill
     ``entry_id`` is the unique one (and what the enclave keys fills by).
     """
+    return str(trade.raw["entry_id"]) if name == "coinbase" else trade.trade_id
+
+
+def _unique_keys(name: str, fake: FakeExchange) -> list[list[str]]:
+    """Sorted ``[symbol, fill id]`` of every trade currently served (see ``_unique_id``)."""
     if name == "coinbase":
-        return sorted([t.symbol, str(t.raw["entry_id"])] for t in fake.ground_truth)
+        return sorted([t.symbol, _unique_id(name, t)] for t in fake.ground_truth)
     return sorted([symbol, trade_id] for symbol, trade_id in fake.truth_keys())
 
 
