@@ -23,6 +23,7 @@ import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from enclave.aggregator import Aggregator, AggregatorConfig
 from enclave.commitments import TradeSource, leaf_fields
 from enclave.keys import KeyRing
 from enclave.nsm import NsmClient, NsmError
@@ -48,6 +49,7 @@ from shared.signing import OwnerProof, sign_payload, sign_payload_and_hash, veri
 
 __all__ = [
     "METHOD_VERSION",
+    "REPORTING_CURRENCIES",
     "EnclaveService",
     "PollingPort",
     "ServiceLimits",
@@ -57,6 +59,15 @@ log = structlog.get_logger("enclave.service")
 
 METHOD_VERSION = "perf-aggregator/aggregates/v1"
 """Names the computation behind a signed report; bumped whenever a definition changes."""
+
+REPORTING_CURRENCIES: Mapping[str, str] = {
+    "coinbase": "USD",
+    "coinbaseexchange": "USD",
+    "kraken": "USD",
+}
+"""The reporting currency of a session by ccxt exchange id (docs/metrics.md section 2):
+the quote most of that exchange's retail markets use. Any other exchange reports in
+USDT. The report states its currency (``reporting_currency``)."""
 
 
 _EXCHANGE = re.compile(r"\A[a-z][a-z0-9_]{0,31}\Z")  # a ccxt exchange id
@@ -258,6 +269,9 @@ class EnclaveService:
                 expires_at=now + ttl,
                 pending_deadline=now + self._limits.pending_ttl_seconds,
                 envelope_digest=digest,
+                aggregator=Aggregator(
+                    AggregatorConfig(reporting_currency=REPORTING_CURRENCIES.get(exchange, "USDT"))
+                ),
             )
         )
         log.info(

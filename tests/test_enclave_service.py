@@ -723,3 +723,38 @@ async def test_expiry_prunes_the_poller(
     clock.now += 61
     service.purge_expired()
     assert polling.stopped == [session_hash(session_id)]
+
+
+@pytest.mark.parametrize(
+    ("exchange", "currency"),
+    [("coinbase", "USD"), ("kraken", "USD"), ("binance", "USDT"), ("okx", "USDT")],
+)
+async def test_reporting_currency_follows_the_exchange(
+    polled: tuple[EnclaveService, FakePolling],
+    simulator: NsmSimulator,
+    clock: Clock,
+    exchange: str,
+    currency: str,
+) -> None:
+    """A USD exchange reports in USD (its BTC/USD trades priced), others in USDT."""
+    service, polling = polled
+    enc, _ = await attested_keys(service, simulator, clock)
+    owner = Ed25519PrivateKey.generate()
+    envelope = encrypt_credentials(
+        Credentials(
+            exchange=exchange,
+            api_key=CANARY_KEY,
+            api_secret=CANARY_SECRET,
+            owner_pub=owner.public_key().public_bytes_raw(),
+        ),
+        metadata={"exchange": exchange, "label": "main", "ttl": 3600},
+        recipient_x25519=enc,
+    )
+    submitted = await call(service, submit_request(envelope))
+    assert isinstance(submitted, p.SubmitReply)
+    await call(service, p.Confirm(request_id=3, session_id=submitted.session_id, commit=True))
+    polling.trade_list.append(FakeTrade("BTC/USD", "1", fee_currency="USD"))
+    report = await call(service, p.Aggregates(request_id=4, session_id=submitted.session_id))
+    assert isinstance(report, p.AggregatesReply)
+    assert report.payload["reporting_currency"] == currency
+    assert report.payload["volume"] == ("25.125" if currency == "USD" else "0")

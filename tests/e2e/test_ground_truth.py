@@ -6,10 +6,11 @@ session would. The test reads the very same seeded trades from the fakes' contro
 docs/metrics.md with the small FIFO below, written here on purpose and never importing
 ``enclave.aggregator``: a bug on either side shows as a mismatch, not as agreement.
 
-The enclave runs with its defaults: reporting currency USDT, no par assets, no price
-source, no price age limit. So on Binance ETH/BTC trades are valued through BTC's last
-BTC/USDT price, BNB fees through BNB's last BNB/USDT price (unpriced before the first
-one), and the whole Kraken account (USD and EUR quotes) is unpriced.
+The enclave runs with its defaults: the exchange's reporting currency (USDT on Binance,
+USD on Kraken), no par assets, no price source, no price age limit. So on Binance
+ETH/BTC trades are valued through BTC's last BTC/USDT price and BNB fees through BNB's
+last BNB/USDT price (unpriced before the first one); on Kraken the USD markets are
+priced and the EUR ones are not (no EUR/USD market to value EUR).
 
 Money figures must be exactly equal; ratios are reported rounded half-even to 12 decimal
 places, so they must agree to within one unit in the 12th place.
@@ -42,8 +43,9 @@ pytestmark = pytest.mark.e2e
 EXCHANGES = ("binance", "kraken")
 POLL_DEADLINE_S = 150
 DAY_MS = 86_400_000
-REPORTING = "USDT"
-"""The enclave's default reporting currency; no par assets (docs/metrics.md section 2)."""
+REPORTING = {"binance": "USDT", "kraken": "USD"}
+"""The enclave's reporting currency per exchange (docs/metrics.md section 2), written out
+here rather than imported; no par assets."""
 MONEY = Context(prec=100)
 """docs/metrics.md section 12: money arithmetic with 100 significant digits."""
 SHARE = Context(prec=34)
@@ -165,7 +167,8 @@ class Totals:
 class GroundTruth:
     """docs/metrics.md over a list of trades, one trade at a time in processing order."""
 
-    def __init__(self, trades: list[SeededTrade]) -> None:
+    def __init__(self, trades: list[SeededTrade], reporting: str = "USDT") -> None:
+        self.reporting = reporting
         self.count = 0
         self.orders: set[tuple[str, str]] = set()
         self.prices: dict[str, Decimal] = {}
@@ -188,7 +191,7 @@ class GroundTruth:
 
     def add(self, trade: SeededTrade) -> None:
         base, quote = trade.symbol.split("/")
-        assert base != REPORTING, "no fake market has the reporting currency as its base"
+        assert base != self.reporting, "no fake market has the reporting currency as its base"
         direction = 1 if trade.side == "buy" else -1
         order = (trade.symbol, trade.order_id)
         self.count += 1
@@ -200,7 +203,7 @@ class GroundTruth:
             totals.sells += direction < 0
             totals.base_volume += trade.amount
 
-        quote_value = ONE if quote == REPORTING else self.prices.get(quote)
+        quote_value = ONE if quote == self.reporting else self.prices.get(quote)
         unit = None if quote_value is None else trade.price * quote_value
         if quote_value is None:
             symbol.unpriced_trades += 1
@@ -212,7 +215,7 @@ class GroundTruth:
         fee_asset = trade.fee_currency
         fee_unit: Decimal | None = (
             ONE
-            if fee_asset == REPORTING
+            if fee_asset == self.reporting
             else unit
             if fee_asset == base
             else quote_value
@@ -227,9 +230,9 @@ class GroundTruth:
             symbol.fees += fee_value
 
         gross = self.leg(base, trade.amount, direction, unit, fee_value, order)
-        if quote != REPORTING:
+        if quote != self.reporting:
             gross += self.leg(quote, trade.cost, -direction, quote_value, ZERO, order)
-        if trade.fee > 0 and fee_asset != REPORTING:
+        if trade.fee > 0 and fee_asset != self.reporting:
             paid = self.pay_fee(fee_asset, trade.fee, fee_unit)
             self.fee_asset_pnl += paid
             gross += paid
@@ -497,7 +500,7 @@ async def observe(stack: LocalStack) -> dict[str, Session]:
             sessions[name] = Session(
                 session_id=registration.session_id,
                 seeded=seeded,
-                truth=GroundTruth(seeded),
+                truth=GroundTruth(seeded, REPORTING[name]),
                 report=await client.aggregates(registration.session_id),  # SDK verifies
                 metrics=await client.metrics(registration.session_id),
                 sig_public=quote.sig_public,
@@ -542,7 +545,7 @@ def test_counts_equal_the_seeded_trades(session: Session) -> None:
 def test_money_figures_equal_an_independent_fifo(session: Session) -> None:
     """Volume, fees and realized PnL gross and net equal the test's FIFO, exactly."""
     payload, truth = session.report.payload, session.truth
-    assert payload["reporting_currency"] == REPORTING
+    assert payload["reporting_currency"] == session.truth.reporting
     reported = {k: Decimal(payload[k]) for k in ("volume", "fees", "pnl_gross", "pnl")}
     assert reported == {
         "volume": truth.volume,
@@ -621,7 +624,7 @@ def test_the_binance_account_exercises_every_path(sessions: dict[str, Session]) 
     assert len({t.order_id for t in seeded}) < len(seeded)  # partial fills
     assert not truth.fully_priced  # BNB fees and ETH/BTC before their first USDT price
     kraken = sessions["kraken"].truth
-    assert kraken.volume == 0 and not kraken.fully_priced  # USD is not USDT unless configured
+    assert kraken.volume > 0 and not kraken.fully_priced  # USD markets priced, EUR ones not
 
 
 # --------------------------------------------------------------------------- signature
