@@ -48,6 +48,7 @@ from shared.translog import TransparencyLogError, verify_log
 __all__ = [
     "BUNDLE_FORMAT",
     "BUNDLE_VERSION",
+    "MAX_BUNDLE_BYTES",
     "BundleError",
     "Check",
     "Verdict",

@@ -41,6 +41,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from shared.attestation import fingerprint, pcrs_from_json, pcrs_to_json
+from shared.bundle import MAX_BUNDLE_BYTES, build_bundle, verify_bundle
 from shared.client import (
     AWS_ROOT,
     AttestationFailed,
@@ -52,9 +53,11 @@ from shared.client import (
     VerificationFailed,
     load_root,
 )
+from shared.disclosure import DisclosureError, verify_disclosure
 from shared.encoding import b64encode
 from shared.ids import is_session_id
 from shared.keystore import KeyStore, KeyStoreError, StoredSession, default_home
+from shared.merkle import MerkleError, TreeHead
 from shared.signing import report_hash
 
 __all__ = ["ExitCode", "build_parser", "main"]
@@ -131,6 +134,7 @@ exit codes:
   4  verification failed: a signed report (or an owner reply) did not verify
   5  server unreachable (connection refused, untrusted TLS certificate, timeout)
   6  register --wait gave up before the first complete poll (the session exists)
+     (verify: 0 verified, 4 not verified; the table names the failed check)
   130 interrupted
 
 See docs/client.md for the config file and every subcommand.
@@ -929,6 +933,228 @@ def cmd_records_list(ctx: Context) -> int:
     return ExitCode.OK
 
 
+# --------------------------------------------------------------------------- commitments
+
+
+def _trusted_head(stored: StoredSession | None) -> TreeHead | None:
+    if stored is None or stored.log_head is None:
+        return None
+    try:
+        return TreeHead.from_payload(stored.log_head)
+    except MerkleError:
+        raise UsageError(f"session {stored.name!r} keeps a malformed log head") from None
+
+
+def _entry_summary(entry: Mapping[str, Any]) -> str:
+    data = entry.get("data")
+    if not isinstance(data, Mapping):
+        return ""
+    return ", ".join(f"{key}={_show(value)}" for key, value in sorted(data.items()))
+
+
+def cmd_logs(ctx: Context) -> int:
+    """The session's transparency log, verified: signed head, every entry, and growth only."""
+    ref = ctx.session()
+    trusted = _trusted_head(ref.stored)
+    with ctx.client(ref.base_url) as client:
+        log = client.logs(ref.registration.session_id, trusted_head=trusted)
+    verified = log.verified
+    if ref.stored is not None:
+        ctx.keystore.with_log_head(ref.stored, verified.head.to_payload())
+    data = {
+        "verified": True,
+        "consistent_with_previous": trusted is not None,
+        "live": log.live,
+        "tree_head": verified.signed_head.to_json(),
+        "entries": list(verified.entries),
+    }
+
+    def render() -> None:
+        extends = (
+            f"; extends the head of size {trusted.size} seen before" if trusted is not None else ""
+        )
+        ctx.out.print(
+            f"[green]log verified[/green]: {verified.head.size} entries under a tree head "
+            f"signed by the attested key{extends}"
+            + ("" if log.live else " [yellow](stored copy: session gone or enclave away)[/yellow]")
+        )
+        table = Table(title=f"Transparency log of {ref.name or 'session'}", title_justify="left")
+        for column in ("#", "at", "op", "data"):
+            table.add_column(column, overflow="fold")
+        for entry in verified.entries:
+            table.add_row(
+                str(entry["index"]),
+                escape(str(entry["at"])),
+                escape(str(entry["op"])),
+                escape(_entry_summary(entry)),
+            )
+        ctx.out.print(table)
+
+    ctx.emit(data, render)
+    return ExitCode.OK
+
+
+def _trade_refs(values: Sequence[str]) -> list[tuple[str, str]]:
+    refs = []
+    for value in values:
+        symbol, sep, trade_id = value.rpartition(":")
+        if not sep or not symbol or not trade_id:
+            raise UsageError(
+                f"--disclose takes SYMBOL:TRADE_ID (e.g. BTC/USDT:12345), not {value!r}"
+            )
+        refs.append((symbol, trade_id))
+    return refs
+
+
+def cmd_disclose(ctx: Context) -> int:
+    """Owner only: reveal one trade with its Merkle proof under a fresh signed report."""
+    ref = ctx.session()
+    (symbol, trade_id), *_ = _trade_refs([ctx.args.trade])
+    with ctx.client(ref.base_url) as client:
+        report = client.aggregates(ref.registration.session_id)
+        disclosure = client.disclose_trade(
+            ref.registration,
+            symbol=symbol,
+            trade_id=trade_id,
+            tree_size=report.payload.get("merkle_tree_size"),
+        )
+    try:
+        trade = verify_disclosure(disclosure, report_payload=report.payload)
+    except DisclosureError as exc:
+        raise VerificationFailed(f"the disclosure does not verify: {exc.reason}") from None
+    output = _opt(ctx.args, "output", None)
+    if output is not None:
+        _write_new_file(Path(output), json.dumps(disclosure, indent=2, sort_keys=True) + "\n")
+    data = {"verified": True, "trade": trade.fields, "index": trade.index,
+            "tree_size": trade.tree_size, "disclosure": disclosure}  # fmt: skip
+    ctx.emit(
+        data,
+        lambda: ctx.out.print(
+            _table(
+                f"Trade {trade.index} of {trade.tree_size}, proven in the signed Merkle root",
+                trade.fields,
+            )
+        ),
+    )
+    return ExitCode.OK
+
+
+def _write_new_file(path: Path, text: str) -> None:
+    """Write ``text`` to a new file (never overwrite), readable by its owner only."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise UsageError(f"{path} exists; refusing to overwrite it") from None
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def cmd_export(ctx: Context) -> int:
+    """Write a proof bundle: fresh attestation, signed report, log, optional disclosures."""
+    ref = ctx.session()
+    refs = _trade_refs(ctx.args.disclose or [])
+    settings = ctx.settings
+    with ctx.client(ref.base_url) as client:
+        quote = client.attest()
+        report = client.aggregates(ref.registration.session_id)
+        if ref.stored is not None:
+            _check_chain(ref.stored, report.payload)
+        log = client.logs(ref.registration.session_id, trusted_head=_trusted_head(ref.stored))
+        disclosures = [
+            client.disclose_trade(
+                ref.registration,
+                symbol=symbol,
+                trade_id=trade_id,
+                tree_size=report.payload.get("merkle_tree_size"),
+            )
+            for symbol, trade_id in refs
+        ]
+    assert quote.nonce is not None  # attest() always sends one
+    bundle = build_bundle(
+        document=quote.document,
+        nonce=quote.nonce,
+        reports=[{"payload": report.payload, "signature": report.signature}],
+        pcrs=settings.expected_pcrs or {},
+        pcrs_description=str(settings.pcrs_source),
+        disclosures=disclosures,
+        log=log.body,
+    )
+    # What the reader will run, run here first: never hand out a bundle that fails.
+    verdict = verify_bundle(
+        bundle, expected_pcrs=settings.expected_pcrs or {}, root_der=load_root(settings.root)
+    )
+    if not verdict.ok:
+        raise VerificationFailed(f"the bundle does not verify: {verdict.reason}")
+    path = Path(ctx.args.output)
+    _write_new_file(path, json.dumps(bundle, indent=2, sort_keys=True) + "\n")
+    data = {"written": str(path), "verdict": verdict.to_json()}
+    ctx.emit(
+        data,
+        lambda: ctx.out.print(
+            f"[green]wrote[/green] {escape(str(path))}: report seq {report.payload.get('seq')}, "
+            f"{log.verified.head.size} log entries, {len(disclosures)} disclosed trade(s); "
+            "it verifies with `perf-agg verify`"
+        ),
+    )
+    return ExitCode.OK
+
+
+def _parse_at(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"--at takes an ISO 8601 time such as 2026-01-31T12:00:00Z, not {value!r}"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def cmd_verify(ctx: Context) -> int:
+    """Check a proof bundle offline against your pinned PCRs and root; print the verdict."""
+    settings = ctx.settings
+    if not settings.expected_pcrs:
+        raise UsageError(
+            "verify needs the PCRs you trust: --pcrs FILE (the published measurements), "
+            "never the ones inside the bundle"
+        )
+    path = Path(ctx.args.bundle)
+    try:
+        if path.stat().st_size > MAX_BUNDLE_BYTES:
+            raise UsageError(f"{path} is larger than {MAX_BUNDLE_BYTES} bytes")
+        bundle = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UsageError(f"{path} is not a JSON file") from None
+    verdict = verify_bundle(
+        bundle,
+        expected_pcrs=settings.expected_pcrs,
+        root_der=load_root(settings.root),
+        at=_parse_at(_opt(ctx.args, "at", None)),
+    )
+
+    def render() -> None:
+        table = Table(title=f"Proof bundle {path.name}", title_justify="left")
+        for column in ("check", "result", "detail"):
+            table.add_column(column, overflow="fold")
+        for check in verdict.checks:
+            mark = "[green]ok[/green]" if check.ok else "[red]FAILED[/red]"
+            table.add_row(escape(check.name), mark, escape(check.detail))
+        ctx.out.print(table)
+        if verdict.ok and verdict.report is not None:
+            claimed = verdict.report
+            ctx.out.print(_table("Verified report", {k: claimed.get(k) for k in _REPORT_FIELDS
+                                                    if k in claimed}))  # fmt: skip
+            ctx.out.print("[bold green]VERIFIED[/bold green]")
+        else:
+            ctx.out.print(f"[bold red]NOT VERIFIED[/bold red]: {escape(str(verdict.reason))}")
+
+    ctx.emit({**verdict.to_json(), "report": verdict.report}, render)
+    return ExitCode.OK if verdict.ok else ExitCode.VERIFICATION_FAILED
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -1082,6 +1308,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", metavar="PATH", help="write the record to a new 0600 file (default: stdout)"
     )
     _command(record_commands, "list", cmd_records_list, common)
+
+    _command(subparsers, "logs", cmd_logs, common)
+    disclose = _command(subparsers, "disclose", cmd_disclose, common)
+    disclose.add_argument("trade", metavar="SYMBOL:TRADE_ID", help="e.g. BTC/USDT:12345")
+    disclose.add_argument("--output", metavar="PATH", help="also write the disclosure JSON here")
+    export = _command(subparsers, "export", cmd_export, common)
+    export.add_argument("--output", required=True, metavar="PATH", help="bundle file to create")
+    export.add_argument(
+        "--disclose",
+        action="append",
+        metavar="SYMBOL:TRADE_ID",
+        help="include this trade with its inclusion proof (repeatable)",
+    )
+    verify = _command(subparsers, "verify", cmd_verify, common, session=False)
+    verify.add_argument("bundle", metavar="BUNDLE", help="a file written by `perf-agg export`")
+    verify.add_argument(
+        "--at",
+        metavar="TIME",
+        help="check certificate validity at TIME (ISO 8601; default: the attestation's time)",
+    )
     return parser
 
 

@@ -51,13 +51,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from shared.attestation import AWS_NITRO_ROOT_G1_DER, AttestationVerifier, VerifiedAttestation
+from shared.disclosure import DisclosureError, open_disclosure
 from shared.encoding import b64decode, b64encode
 from shared.envelope import DEFAULT_ALG, Credentials, Envelope, EnvelopeOpener, seal
 from shared.envelope import encrypt_credentials as _seal_credentials
 from shared.errors import AttestationError, EnvelopeError, PerfAggError, SignatureError
 from shared.ids import is_session_id, session_hash
+from shared.merkle import TreeHead
 from shared.owner import owner_x25519_private
 from shared.signing import sign_owner_proof, verify_payload
+from shared.translog import TransparencyLogError, VerifiedLog, verify_log
 
 __all__ = [
     "AWS_ROOT",
@@ -68,6 +71,7 @@ __all__ = [
     "Registration",
     "SecureClient",
     "ServerRejected",
+    "SessionLog",
     "SignedReport",
     "SyncSecureClient",
     "UnsealedRecord",
@@ -82,6 +86,7 @@ AWS_ROOT: Final = "aws"
 """``root=AWS_ROOT`` names the AWS Nitro root G1 built into ``shared`` (the default)."""
 
 _MAX_QUOTE_B64: Final = 16384
+_LOG_ATTEMPTS: Final = 3
 _RECORD_ID: Final = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _T = TypeVar("_T")
 
@@ -127,6 +132,9 @@ class Quote:
     pcr0: str
     # The hybrid ML-KEM-768+X25519 key, present only when its SHA-256 matched user_data "pq".
     pq_public: bytes | None = None
+    # The document exactly as verified and the nonce it echoes (for proof bundles).
+    document: bytes = field(default=b"", repr=False)
+    nonce: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,6 +144,15 @@ class Registration:
     session_id: str = field(repr=False)
     expires_at: str
     owner_key: Ed25519PrivateKey | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionLog:
+    """A transparency log whose every entry verified under ``verified.head``."""
+
+    verified: VerifiedLog
+    body: dict[str, Any]  # the response (all pages), as a proof bundle keeps it
+    live: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -220,6 +237,8 @@ def _checked(
         sig_public=keys.ed25519_public,
         pcr0=verified.pcrs[0].hex(),
         pq_public=_checked_pq_key(pq_pubkey, keys.pq_public_sha256),
+        document=document,
+        nonce=nonce,
     )
 
 
@@ -663,6 +682,95 @@ class SecureClient:
             raise _malformed("records")
         return [_record_info(item) for item in body["records"]]
 
+    # ------------------------------------------------------------------ commitments
+
+    async def logs(self, session_id: str, *, trusted_head: TreeHead | None = None) -> SessionLog:
+        """The session's whole transparency log, verified (shared.translog.verify_log).
+
+        Every entry is proven under a tree head signed by the attested key; with
+        ``trusted_head`` (a head from an earlier call) the log is also proven to extend
+        it. Pages of up to 1000 entries are fetched and checked under one head (the
+        fetch restarts if the log grew in between). Raises VerificationFailed.
+        """
+        quote = await self._current_quote()
+        path = f"/api/logs/{_session_id(session_id)}"
+        digest = session_hash(session_id)
+        for _attempt in range(_LOG_ATTEMPTS):
+            params = {} if trusted_head is None else {"since_size": str(trusted_head.size)}
+            first = await self._request("GET", path, params=params)
+            head = self._verified_log(first, quote, digest, trusted_head).head
+            entries = list(first["entries"])
+            while len(entries) < head.size:
+                page = await self._request("GET", path, params={"start": str(len(entries))})
+                if page.get("tree_head") != first["tree_head"] or not page.get("entries"):
+                    break  # the log grew meanwhile: start again under the newer head
+                entries.extend(page["entries"])
+            else:
+                body = {**first, "entries": entries}
+                verified = self._verified_log(body, quote, digest, trusted_head, complete=True)
+                return SessionLog(verified=verified, body=body, live=bool(first.get("live")))
+        raise VerificationFailed("the log kept changing while it was read; try again")
+
+    @staticmethod
+    def _verified_log(
+        body: Any,
+        quote: Quote,
+        digest: bytes,
+        trusted_head: TreeHead | None,
+        *,
+        complete: bool = False,
+    ) -> VerifiedLog:
+        if not isinstance(body, dict) or not isinstance(body.get("entries"), list):
+            raise _malformed("log")
+        try:
+            return verify_log(
+                body,
+                signing_public=quote.sig_public,
+                session_hash=digest,
+                trusted_head=trusted_head,
+                require_complete=complete,
+            )
+        except TransparencyLogError as exc:
+            raise VerificationFailed(
+                f"the transparency log does not verify: {exc.reason}"
+            ) from None
+
+    async def disclose_trade(
+        self,
+        registration: Registration,
+        *,
+        symbol: str,
+        trade_id: str,
+        tree_size: int | None = None,
+    ) -> dict[str, Any]:
+        """One trade with its salt and inclusion proof, opened with the owner key.
+
+        ``tree_size`` should be the ``merkle_tree_size`` of the report the disclosure will
+        be shown with; check it with ``shared.disclosure.verify_disclosure``. Needs the
+        owner key (the reply is sealed to it). Raises VerificationFailed if it does not open.
+        """
+        if registration.owner_key is None:
+            raise ClientError("disclosing a trade needs the session's owner key")
+        proof = sign_owner_proof(
+            registration.owner_key,
+            method="disclose_trade",
+            session_id=registration.session_id,
+            timestamp=int(time.time()),
+        )
+        body = {
+            "session_id": _session_id(registration.session_id),
+            "symbol": symbol,
+            "trade_id": trade_id,
+            "tree_size": tree_size,
+        } | proof.to_wire()
+        reply = await self._request("POST", "/enclave/disclose_trade", json=body)
+        if not isinstance(reply, dict) or not isinstance(reply.get("envelope"), dict):
+            raise _malformed("disclosure")
+        try:
+            return open_disclosure(reply["envelope"], registration.owner_key)
+        except DisclosureError as exc:
+            raise VerificationFailed(f"the disclosure is not for us: {exc.reason}") from None
+
 
 # --------------------------------------------------------------------------- sync client
 
@@ -798,6 +906,25 @@ class SyncSecureClient:
     def revoke(self, registration: Registration) -> dict[str, Any]:
         """See :meth:`SecureClient.revoke`."""
         return self._run(self._client.revoke(registration))
+
+    def logs(self, session_id: str, *, trusted_head: TreeHead | None = None) -> SessionLog:
+        """See :meth:`SecureClient.logs`."""
+        return self._run(self._client.logs(session_id, trusted_head=trusted_head))
+
+    def disclose_trade(
+        self,
+        registration: Registration,
+        *,
+        symbol: str,
+        trade_id: str,
+        tree_size: int | None = None,
+    ) -> dict[str, Any]:
+        """See :meth:`SecureClient.disclose_trade`."""
+        return self._run(
+            self._client.disclose_trade(
+                registration, symbol=symbol, trade_id=trade_id, tree_size=tree_size
+            )
+        )
 
     def seal_record(self, registration: Registration, data: bytes, *, label: str) -> RecordInfo:
         """See :meth:`SecureClient.seal_record`."""

@@ -68,6 +68,7 @@ _PUBLIC_FIELDS: Final = (
     "pcr0",
     "last_seq",
     "last_report_hash",
+    "log_head",
 )
 
 
@@ -105,6 +106,8 @@ class StoredSession:
     owner_key: Ed25519PrivateKey | None = field(default=None, repr=False)
     last_seq: int | None = None
     last_report_hash: str | None = None
+    # The newest verified transparency-log tree head (payload): later logs must extend it.
+    log_head: dict[str, Any] | None = None
 
     def registration(self) -> Registration:
         """The SDK's view of this session (for revoke and records)."""
@@ -373,6 +376,7 @@ class KeyStore:
                 owner_key=owner_key,
                 last_seq=document.get("last_seq"),
                 last_report_hash=document.get("last_report_hash"),
+                log_head=document.get("log_head"),
             )
         except (KeyError, TypeError, ValueError):
             raise KeyStoreError(f"{path} is not a valid session file") from None
@@ -411,5 +415,11 @@ class KeyStore:
     def with_report(self, session: StoredSession, *, seq: int, report_hash: str) -> StoredSession:
         """Remember the newest verified report of ``session`` and return the updated copy."""
         updated = replace(session, last_seq=seq, last_report_hash=report_hash)
+        self.update(updated)
+        return updated
+
+    def with_log_head(self, session: StoredSession, head: dict[str, Any]) -> StoredSession:
+        """Remember the newest verified log tree head (payload) and return the updated copy."""
+        updated = replace(session, log_head=dict(head))
         self.update(updated)
         return updated

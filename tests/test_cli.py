@@ -525,3 +525,33 @@ def test_every_subcommand_has_help(
     assert out.startswith("usage: perf-agg")
     if argv[0] != "records" or len(argv) == 3:
         assert "--json" in out
+
+
+def test_verify_refuses_to_run_without_your_own_pcrs(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """verify never takes the PCRs from the bundle: without --pcrs it exits 1 and says why."""
+    bundle = tmp_path / "bundle.json"
+    bundle.write_text("{}")
+    code, out, err = run(["verify", str(bundle)], env, capsys)
+    assert code == 1 and out == ""
+    assert "never the ones inside the bundle" in err
+
+
+def test_verify_reports_bad_files_and_times(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A missing or non-JSON bundle and a bad --at are usage errors; a non-bundle fails (4)."""
+    pcrs = tmp_path / "pcrs.json"
+    pcrs.write_text(json.dumps({"0": "11" * 48, "1": "22" * 48, "2": "33" * 48}))
+    flags = ["--pcrs", str(pcrs), "--json"]
+    assert run(["verify", str(tmp_path / "absent.json"), *flags], env, capsys)[0] == 1
+    (tmp_path / "text.json").write_text("not json")
+    assert run(["verify", str(tmp_path / "text.json"), *flags], env, capsys)[0] == 1
+    (tmp_path / "other.json").write_text(json.dumps({"format": "zip"}))
+    code, out, _ = run(["verify", str(tmp_path / "other.json"), *flags], env, capsys)
+    assert code == 4 and json.loads(out)["reason"].startswith("format")
+    code, _, err = run(
+        ["verify", str(tmp_path / "other.json"), *flags, "--at", "noon"], env, capsys
+    )
+    assert code == 1 and "ISO 8601" in err

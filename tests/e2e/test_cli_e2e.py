@@ -326,3 +326,69 @@ def test_sync_sdk_refuses_other_pcrs_before_sending(stack: LocalStack) -> None:
 def test_console_script_is_installed() -> None:
     """`perf-agg` is on the venv's PATH (pyproject's [project.scripts])."""
     assert shutil.which("perf-agg", path=str(Path(sys.executable).parent)) is not None
+
+
+def test_logs_disclose_export_and_offline_verify(
+    stack: LocalStack, home: Path, tmp_path: Path
+) -> None:
+    """A trader's proof: verified log, a disclosed trade, a bundle that verifies offline."""
+    json_of(
+        perf_agg(
+            home, "register", "--exchange", "coinbase", "--label", "proof", "--wait", "--json",
+            env=credentials(stack, "coinbase"),
+        )
+    )  # fmt: skip
+    log = json_of(perf_agg(home, "logs", "--session", "proof", "--json"))
+    assert log["verified"] is True and log["consistent_with_previous"] is False
+    assert log["entries"][0]["op"] == "submit"
+    assert stored(home, "proof")["log_head"]["tree_size"] == len(log["entries"])
+    again = json_of(perf_agg(home, "logs", "--session", "proof", "--json"))
+    assert again["consistent_with_previous"] is True  # the stored head was extended
+
+    symbol, trade_id = sorted(stack.truth("coinbase"))[0]
+    disclosed = json_of(
+        perf_agg(home, "disclose", f"{symbol}:{trade_id}", "--session", "proof", "--json")
+    )
+    assert disclosed["verified"] is True
+    assert (disclosed["trade"]["symbol"], disclosed["trade"]["id"]) == (symbol, trade_id)
+
+    bundle_path = tmp_path / "bundle.json"
+    exported = json_of(
+        perf_agg(home, "export", "--session", "proof", "--output", str(bundle_path),
+                 "--disclose", f"{symbol}:{trade_id}", "--json")
+    )  # fmt: skip
+    assert exported["verdict"]["ok"] is True
+    assert bundle_path.stat().st_mode & 0o777 == 0o600
+    # The reader has only the file, the published PCRs and the root: no server, no keystore.
+    reader = tmp_path / "reader"
+    reader.mkdir()
+    offline = [
+        "verify", str(bundle_path), "--pcrs", str(stack.pcrs_file),
+        "--root", str(stack.nsm_root_file), "--json",
+    ]  # fmt: skip
+    verdict = json_of(perf_agg(reader, *offline))
+    assert verdict["ok"] is True and verdict["report"]["trades"] == len(stack.truth("coinbase"))
+    assert {c["name"] for c in verdict["checks"]} >= {"attestation", "signature", "log"}
+    human = perf_agg(reader, *offline[:-1])
+    assert human.returncode == 0 and b"VERIFIED" in human.stdout
+
+    # Tampered copies fail with exit 4 and name the check.
+    bundle = json.loads(bundle_path.read_text())
+    variants = {
+        "signature": lambda b: b["reports"][0]["payload"].__setitem__("pnl", "99999"),
+        "disclosures": lambda b: b["disclosures"][0]["fields"].__setitem__("price", "1"),
+        "log": lambda b: b["log"]["entries"].pop(),
+    }
+    for name, mutate in variants.items():
+        forged = json.loads(json.dumps(bundle))
+        mutate(forged)
+        path = tmp_path / f"forged-{name}.json"
+        path.write_text(json.dumps(forged))
+        result = perf_agg(reader, "verify", str(path), *offline[2:])
+        assert result.returncode == 4, (name, result.stderr.decode())
+        assert json.loads(result.stdout)["reason"].startswith(name)
+    other_pcrs = tmp_path / "other-pcrs.json"
+    other_pcrs.write_text(json.dumps({"0": "00" * 48, "1": "00" * 48, "2": "11" * 48}))
+    result = perf_agg(reader, "verify", str(bundle_path), "--pcrs", str(other_pcrs),
+                      "--root", str(stack.nsm_root_file), "--json")  # fmt: skip
+    assert result.returncode == 4 and "pcr-mismatch" in json.loads(result.stdout)["reason"]
