@@ -188,6 +188,8 @@ class EnclaveService:
             p.Logs: self._logs,
             p.DiscloseTrade: self._disclose_trade,
             p.Restore: self._restore,
+            p.Unlock: self._unlock,
+            p.Checkpoint: self._checkpoint,
             p.SealRecord: self._seal_record,
             p.UnsealRecord: self._unseal_record,
             p.Health: self._health,
@@ -347,7 +349,7 @@ class EnclaveService:
             )
         log.info("session_confirmed" if request.commit else "session_discarded",
                  session=_short_hash(digest))  # fmt: skip
-        return p.ConfirmReply(request_id=request.request_id)
+        return p.ConfirmReply(request_id=request.request_id, sealed_state=None)
 
     def _active(self, session_id: str) -> Session:
         session = self._sessions.get_active(self._hash_of(session_id), now=self._clock())
@@ -420,12 +422,19 @@ class EnclaveService:
             entries=entries,
             tree_head=tree_head,
             signature=signature,
+            revocations=None,
         )
 
     def _restore(self, request: p.Restore) -> p.RestoreReply:
         # Sealed-state restore needs the KMS data key (issue 7); until then this
         # enclave has nothing it could decrypt a sealed blob with.
         raise _Refusal(p.ErrorCode.UNSUPPORTED, "sealed-state restore is not enabled")
+
+    def _unlock(self, request: p.Unlock) -> p.UnlockReply:
+        raise _Refusal(p.ErrorCode.UNSUPPORTED, "KMS sealing is not enabled")
+
+    def _checkpoint(self, request: p.Checkpoint) -> p.CheckpointReply:
+        raise _Refusal(p.ErrorCode.UNSUPPORTED, "KMS sealing is not enabled")
 
     # ------------------------------------------------------------------ reports
 
@@ -475,6 +484,7 @@ class EnclaveService:
             payload=payload,
             signature=signature,
             merkle_root=payload["merkle_root"],
+            sealed_state=None,
         )
 
     def _commit_trades(self, session: Session) -> int:
@@ -529,6 +539,7 @@ class EnclaveService:
             entries=opslog.since(request.start, _LOG_PAGE),
             tree_head=tree_head,
             signature=signature,
+            sealed_state=None,
         )
 
     def _disclose_trade(self, request: p.DiscloseTrade) -> p.DiscloseTradeReply:
@@ -588,7 +599,9 @@ class EnclaveService:
             "disclose", at=int(self._clock()), data={"index": index, "tree_size": tree_size}
         )
         log.info("trade_disclosed", session=_short_hash(session.session_hash))
-        return p.DiscloseTradeReply(request_id=request.request_id, envelope=reply.to_wire())
+        return p.DiscloseTradeReply(
+            request_id=request.request_id, envelope=reply.to_wire(), sealed_state=None
+        )
 
     def _figures(self, session: Session) -> dict[str, Any]:
         """Headline figures from the FIFO aggregator (docs/metrics.md), decimals as strings."""

@@ -46,6 +46,8 @@ __all__ = [
     "Attest",
     "AttestReply",
     "Confirm",
+    "Checkpoint",
+    "CheckpointReply",
     "ConfirmReply",
     "DiscloseTrade",
     "DiscloseTradeReply",
@@ -74,6 +76,8 @@ __all__ = [
     "SubmitReply",
     "Summary",
     "SummaryReply",
+    "Unlock",
+    "UnlockReply",
     "UnsealRecord",
     "UnsealRecordReply",
     "decode_message",
@@ -336,13 +340,41 @@ class DiscloseTrade(Request):
     proof_signature: str
 
 
+@_register("unlock")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Unlock(Request):
+    """Give the enclave AWS credentials and its sealed identity, or ask it to create one.
+
+    With ``wrapped_key`` None the enclave asks KMS for a new data key (GenerateDataKey
+    with its attestation as Recipient) and seals its current service keys under it;
+    otherwise it asks KMS to decrypt ``wrapped_key`` and adopts the service keys in
+    ``sealed_keys``. Until an Unlock succeeds the enclave serves nothing but health.
+    """
+
+    aws_access_key_id: str
+    aws_secret_access_key: str
+    aws_session_token: str | None
+    region: str
+    key_id: str
+    wrapped_key: bytes | None
+    sealed_keys: bytes | None
+
+
 @_register("restore")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Restore(Request):
-    """Replay sealed state (wrapped data key + sealed session blobs) into the enclave."""
+    """Replay sealed session states (a batch) and the sealed revocation list."""
 
-    wrapped_key: bytes
     sealed: tuple[bytes, ...]
+    revocations: bytes | None
+
+
+@_register("checkpoint")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Checkpoint(Request):
+    """Ask for the sealed state of sessions that changed since their last checkpoint."""
+
+    max_sessions: int
 
 
 @_register("seal_record")
@@ -421,7 +453,13 @@ class SubmitReply(Reply):
 @_register("confirm_reply")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConfirmReply(Reply):
-    """The pending session was activated or discarded as asked."""
+    """The pending session was activated or discarded as asked.
+
+    ``sealed_state`` (activation only, when the enclave seals) is the session's first
+    sealed state: the parent stores it with the session so a restart can restore it.
+    """
+
+    sealed_state: bytes | None
 
 
 @_register("aggregates_reply")
@@ -432,6 +470,7 @@ class AggregatesReply(Reply):
     payload: JsonObject
     signature: str
     merkle_root: str
+    sealed_state: bytes | None
 
 
 @_register("metrics_reply")
@@ -453,11 +492,16 @@ class SummaryReply(Reply):
 @_register("revoke_reply")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RevokeReply(Reply):
-    """The session is gone from enclave memory; its log's last entries and final head."""
+    """The session is gone from enclave memory; its log's last entries and final head.
+
+    ``revocations`` is the new sealed revocation list (when the enclave seals): restores
+    refuse every session on it, so an old backup cannot bring a revoked session back.
+    """
 
     entries: tuple[bytes, ...]
     tree_head: JsonObject
     signature: str
+    revocations: bytes | None
 
 
 @_register("logs_reply")
@@ -472,6 +516,7 @@ class LogsReply(Reply):
     entries: tuple[bytes, ...]
     tree_head: JsonObject
     signature: str
+    sealed_state: bytes | None
 
 
 @_register("disclose_trade_reply")
@@ -480,14 +525,40 @@ class DiscloseTradeReply(Reply):
     """The disclosure, an envelope only the owner's key opens (JSON wire form)."""
 
     envelope: JsonObject
+    sealed_state: bytes | None
+
+
+@_register("unlock_reply")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnlockReply(Reply):
+    """The enclave is unlocked; what the parent must keep to unlock the next one.
+
+    ``created`` says a new identity was made (store ``wrapped_key`` and ``sealed_keys``
+    once; a parent that loses the race to store them unlocks again with the winner's).
+    """
+
+    created: bool
+    wrapped_key: bytes
+    sealed_keys: bytes
 
 
 @_register("restore_reply")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RestoreReply(Reply):
-    """How many sealed sessions were restored."""
+    """How many sealed sessions were restored, and how many refused (revoked, expired,
+    not openable, older than what the enclave holds)."""
 
     restored: int
+    refused: int
+
+
+@_register("checkpoint_reply")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointReply(Reply):
+    """Sealed states of changed sessions (``more``: call again for the rest)."""
+
+    states: tuple[bytes, ...]
+    more: bool
 
 
 @_register("seal_record_reply")
@@ -547,6 +618,8 @@ REPLY_TYPES: dict[type[Request], type[Reply]] = {
     Logs: LogsReply,
     DiscloseTrade: DiscloseTradeReply,
     Restore: RestoreReply,
+    Unlock: UnlockReply,
+    Checkpoint: CheckpointReply,
     SealRecord: SealRecordReply,
     UnsealRecord: UnsealRecordReply,
     Health: HealthReply,

@@ -520,7 +520,7 @@ async def test_unseal_needs_an_owner(
 
 async def test_restore_is_refused_until_kms_sealing(service: EnclaveService) -> None:
     """Restore answers UNSUPPORTED: there is no data key to open sealed state with yet."""
-    reply = await call(service, p.Restore(request_id=1, wrapped_key=b"k", sealed=()))
+    reply = await call(service, p.Restore(request_id=1, sealed=(), revocations=None))
     assert isinstance(reply, p.ErrorReply) and reply.code is p.ErrorCode.UNSUPPORTED
 
 

@@ -182,7 +182,7 @@ class FakeEnclave:
                     opslog = OpsLog(session_hash(request.session_id))
                     opslog.append("submit", at=int(time.time()), data={"exchange": "binance"})
                     self.logs[request.session_id] = opslog
-                return p.ConfirmReply(request_id=rid)
+                return p.ConfirmReply(request_id=rid, sealed_state=None)
             case p.Aggregates():
                 seq = self.seq.get(request.session_id, 0) + 1
                 self.seq[request.session_id] = seq
@@ -196,6 +196,7 @@ class FakeEnclave:
                     payload=payload,
                     signature=sign_payload(self.signing_key, payload),
                     merkle_root=hashlib.sha256(b"").hexdigest(),
+                    sealed_state=None,
                 )
             case p.SessionMetrics():
                 return p.MetricsReply(request_id=rid, metrics={"totals": {"pnl": 12.5}})
@@ -213,6 +214,7 @@ class FakeEnclave:
                     entries=opslog.since(request.log_start, opslog.size),
                     tree_head=head,
                     signature=sign_payload(self.signing_key, head),
+                    revocations=None,
                 )
             case p.Logs():
                 opslog = self.logs[request.session_id]
@@ -224,6 +226,7 @@ class FakeEnclave:
                     entries=opslog.since(request.start, 2),  # small pages: paging is exercised
                     tree_head=head,
                     signature=sign_payload(self.signing_key, head),
+                    sealed_state=None,
                 )
             case p.SealRecord():
                 return p.SealRecordReply(

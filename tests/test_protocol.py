@@ -35,7 +35,7 @@ def build(vector: dict[str, Any]) -> p.Message:
     cls = MESSAGE_CLASSES[vector["type"]]
     values = {name: from_jsonable(value) for name, value in vector["fields"].items()}
     for name, value in values.items():
-        if isinstance(value, list) and name in ("sealed", "entries"):  # tuple fields
+        if isinstance(value, list) and name in ("sealed", "entries", "states"):  # tuple fields
             values[name] = tuple(from_jsonable(item) for item in value)
     if "code" in values:
         values["code"] = p.ErrorCode(values["code"])
@@ -111,10 +111,10 @@ BAD_BODIES: list[tuple[str, Any]] = [
     ("not a map", [1, 2, 3]),
     ("bytes field as str", {"v": 2, "t": "attest", "id": 1, "nonce": "00"}),
     ("bool field as int", {"v": 2, "t": "confirm", "id": 1, "session_id": "s", "commit": 1}),
-    ("tuple field as bytes", {"v": 2, "t": "restore", "id": 1, "wrapped_key": b"", "sealed": b""}),
+    ("tuple field as bytes", {"v": 2, "t": "restore", "id": 1, "sealed": b"", "revocations": None}),
     (
         "tuple item wrong type",
-        {"v": 2, "t": "restore", "id": 1, "wrapped_key": b"", "sealed": ["a"]},
+        {"v": 2, "t": "restore", "id": 1, "sealed": ["a"], "revocations": None},
     ),
     ("json field not a map", {"v": 2, "t": "metrics_reply", "id": 1, "metrics": [1]}),
     ("json key not a string", {"v": 2, "t": "metrics_reply", "id": 1, "metrics": {1: 2}}),
