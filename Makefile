@@ -44,3 +44,14 @@ demo: $(STAMP) ## start the local stack and run the client flow end to end
 
 clean:
 	rm -rf $(VENV) $(STATE_DIR) .pytest_cache .mypy_cache .ruff_cache bench/report.json
+
+.PHONY: payload eif lock
+
+payload: $(STAMP) ## deterministic enclave payload (eif/build/payload.tar) + its simulated PCR0
+	PYTHONPATH=. $(BIN)/python -m scripts.build_payload
+
+eif: $(STAMP) ## enclave image + eif/measurements.json (needs docker buildx and nitro-cli)
+	PYTHON=$(BIN)/python eif/build.sh
+
+lock: ## regenerate eif/requirements.lock and deploy/parent/requirements.lock (PyPI, hashes)
+	PYTHON=$(PYTHON) scripts/lock-requirements.sh
