@@ -18,15 +18,22 @@ exchange's strings exactly. Memory: ``ru_maxrss`` deltas around the full recompu
 trades themselves are allocated before), and tracemalloc's peak for a ``TRACE_N`` run,
 per trade (the aggregator's own allocations: checkpoints, log, order set).
 
-Where the time goes (profiled on the development machine, ~8.5 us per trade in
-increments, ~110k-120k trades/s, against the 200k goal): parsing and validating the
-four decimal strings ~1.3 us (the floor parses two and multiplies, ~0.45 us); the FIFO
-leg (``_Book.move``: closing lots, pro-rata fee shares, the round-trip run) ~2.5 us; the
-rest of ``_Book.apply`` (valuation, day and symbol sums, fee, price book, peak basis)
-~2.2 us; ``add``'s key, sort, loop and log ~1.5 us; the order digest (BLAKE2b, once per
-new order) ~0.7 us; checkpoints < 0.1 us. It is CPython bytecode and Decimal calls
-spread over every feature, not one hot spot: 200k/s needs fewer features per trade or
-native code.
+Where the time goes (development machine, 2 shared cores: ~7.2 us per trade in
+increments of 100 over 100,000 trades; an A/B run over 1,000,000 gave 125k trades/s
+incremental and 117k full, against 112k and 112k for the code before issue 5's pass, and
+the 200k goal): the legs ~3.8 us (``_Book.move``: closing lots FIFO, pro-rata fee
+shares, the round-trip run; ``pay_fee``: fee units disposed of; opening lots);
+valuation, day and symbol sums and the fee ~1.1 us; parsing and validating the decimal
+strings ~1.1 us (the floor parses two and multiplies, ~0.45 us); the order digest
+(BLAKE2b, once per new order) ~0.55 us; ``add``'s key, sort, loop and log ~0.4 us; price
+book and peak basis ~0.3 us. That pass kept every output bit for bit (the tests of
+tests/test_aggregator.py pass unchanged) and took ~10%: two bound comparisons instead of
+five calls per number, one parse per order's price, the leg that closes nothing inlined,
+a leg of its own for fee payments, round trips as lists, counters without ``get``, order
+digests appended to an array and deduplicated in batches. What is left is CPython
+bytecode and about forty Decimal operations spread over every feature, not one hot spot:
+200k/s (5 us a trade) needs fewer features per trade or native code, neither of which
+the issue allows.
 """
 
 from __future__ import annotations

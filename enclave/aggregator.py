@@ -44,6 +44,8 @@ from __future__ import annotations
 import gc
 import hashlib
 import heapq
+import sys
+from array import array
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -61,6 +63,7 @@ from decimal import (
     Overflow,
     localcontext,
 )
+from itertools import groupby
 from operator import itemgetter
 from typing import Any, Final, Protocol, TypeAlias, TypeVar
 
@@ -100,6 +103,12 @@ _MAX_EXPONENT: Final = 40  # |adjusted exponent| of any number read from a trade
 _ZERO: Final = Decimal(0)
 _ONE: Final = Decimal(1)
 _RATIO_QUANTUM: Final = Decimal(1).scaleb(-RATIO_PLACES)
+# Bounds of a readable nonzero magnitude: 1E-40 <= |x| < 1E41 is exactly a finite,
+# nonzero x with |x.adjusted()| <= _MAX_EXPONENT (two comparisons instead of five calls).
+_LOW: Final = Decimal(1).scaleb(-_MAX_EXPONENT)
+_HIGH: Final = Decimal(1).scaleb(_MAX_EXPONENT + 1)
+_NEG_LOW: Final = -_LOW
+_NEG_HIGH: Final = -_HIGH
 
 
 def _context(precision: int) -> Context:
@@ -275,16 +284,11 @@ class _Symbol:
         self.unpriced = 0
 
 
-class _RoundTrip:
-    """The realized result of one run of closing fills of one order on one asset."""
-
-    __slots__ = ("fees", "gross", "key", "priced")
-
-    def __init__(self, key: tuple[str, str], gross: Decimal, fees: Decimal, priced: bool) -> None:
-        self.key = key
-        self.gross = gross
-        self.fees = fees
-        self.priced = priced
+# The realized result of one run of closing fills of one order on one asset:
+# [symbol, order id (or "\x1e" + trade id), gross, fees, priced]. A list, like a lot:
+# one is created for about every other closing fill.
+_RoundTrip: TypeAlias = list[Any]
+_RT_SYMBOL, _RT_ORDER, _RT_GROSS, _RT_FEES, _RT_PRICED = range(5)
 
 
 # (base, quote, base is cash, quote is cash, valuation source of a cash quote)
@@ -301,6 +305,8 @@ class _Env:
         self.max_age = config.max_price_age_ms
         self.source = config.price_source
         self.markets: dict[str, _Market | None] = {}
+        # Valuation source of each cash asset (one lookup for "is it cash, and how").
+        self.cash_sources = {asset: self.cash_source(asset) for asset in self.cash}
 
     def market(self, symbol: str) -> _Market | None:
         """The parsed symbol, or None if it is not a spot pair."""
@@ -357,6 +363,9 @@ class _Book:
         self.rt_net_sum = _ZERO
         self.pending: dict[str, _RoundTrip] = {}
         self.rounded = False
+        # The last valid price read, text and value (a parse cache, not state).
+        self.price_text: object = None
+        self.price_value = _ZERO
 
     # ------------------------------------------------------------------ valuation
 
@@ -389,8 +398,8 @@ class _Book:
         """Process one trade (False: skipped as unreadable, counted by reason).
 
         The hot path: written for speed (locals, no helper calls on the common path).
+        The caller counts ``processed``.
         """
-        self.processed += 1
         env = self.env
         symbol = trade.symbol
         try:
@@ -407,30 +416,39 @@ class _Book:
         else:
             return self.skip("bad_side")
         try:
-            price = Decimal(trade.price)
+            # Fills of one order arrive together with one price: the last valid price
+            # read is reused for the same text (the value is the same; one parse less).
+            price_text = trade.price
+            if price_text == self.price_text:
+                price, known_price = self.price_value, True
+            else:
+                price, known_price = Decimal(price_text), False
             amount = Decimal(trade.amount)
-            cost = price * amount if trade.cost is None else Decimal(trade.cost)
-            fee = None if trade.fee_cost is None else Decimal(trade.fee_cost)
-            # NaN fails the comparisons (InvalidOperation), infinities is_finite; the
-            # exponent bound keeps absurd magnitudes ("1e999999999") out of the output.
+            cost_text = trade.cost
+            cost = price * amount if cost_text is None else Decimal(cost_text)
+            fee_text = trade.fee_cost
+            fee = None if fee_text is None else Decimal(fee_text)
+            # Positive, finite and |adjusted exponent| <= 40, as bounds: the exponent
+            # bound keeps absurd magnitudes ("1e999999999") out of the output, and
+            # _LOW <= x < _HIGH is exactly x > 0, finite, -40 <= x.adjusted() <= 40.
+            # NaN fails the comparisons (InvalidOperation); infinities miss the bounds.
+            # A zero's adjusted() is its exponent, so zeros check it directly.
             if not (
-                price > 0
-                and amount > 0
-                and cost >= 0
-                and price.is_finite()
-                and amount.is_finite()
-                and cost.is_finite()
-                and -_MAX_EXPONENT <= price.adjusted() <= _MAX_EXPONENT
-                and -_MAX_EXPONENT <= amount.adjusted() <= _MAX_EXPONENT
-                and cost.adjusted() <= _MAX_EXPONENT
+                (known_price or _LOW <= price < _HIGH)
+                and _LOW <= amount < _HIGH
+                and _ZERO <= cost < _HIGH
+                and (cost or cost.adjusted() <= _MAX_EXPONENT)
                 and (
                     fee is None
-                    or (fee.is_finite() and -_MAX_EXPONENT <= fee.adjusted() <= _MAX_EXPONENT)
+                    or _LOW <= fee < _HIGH
+                    or _NEG_HIGH < fee <= _NEG_LOW
+                    or (not fee and -_MAX_EXPONENT <= fee.adjusted() <= _MAX_EXPONENT)
                 )
             ):
                 return self.skip("bad_number")
         except (InvalidOperation, ValueError, TypeError):
             return self.skip("bad_number")
+        self.price_text, self.price_value = price_text, price
         base, quote, base_cash, quote_cash, cash_quote_source = market
         timestamp = trade.timestamp
         self.trades += 1
@@ -447,14 +465,19 @@ class _Book:
         else:
             quote_value, quote_source = self.value(quote, timestamp)
         conversions = self.conversions
-        conversions[quote_source] = conversions.get(quote_source, 0) + 1
+        try:
+            conversions[quote_source] += 1
+        except KeyError:
+            conversions[quote_source] = 1
 
         day_index = timestamp // _DAY_MS
-        day = self.days.get(day_index)
-        if day is None:
+        try:
+            day = self.days[day_index]
+        except KeyError:
             day = self.days[day_index] = _Day()
-        stats = self.symbols.get(symbol)
-        if stats is None:
+        try:
+            stats = self.symbols[symbol]
+        except KeyError:
             stats = self.symbols[symbol] = _Symbol()
         day.trades += 1
         stats.trades += 1
@@ -483,19 +506,26 @@ class _Book:
         fee_value: Decimal | None = _ZERO
         fee_asset: str | None = None
         fee_value_unit: Decimal | None = None
+        # A positive fee in a non-cash asset disposes of its units (a leg of its own).
+        pays_fee_units = False
+        paid_asset = ""
+        paid = _ZERO
         if fee:
             fee_asset = trade.fee_currency
-            fee_source: str
+            fee_source: str | None
             if fee_asset is None:
                 fee_value_unit, fee_source = None, "unknown_currency"
-            elif fee_asset in env.cash:
-                fee_value_unit, fee_source = _ONE, env.cash_source(fee_asset)
-            elif fee_asset == base:
-                fee_value_unit, fee_source = unit, "trade"
-            elif fee_asset == quote:
-                fee_value_unit, fee_source = quote_value, quote_source
+            elif (fee_source := env.cash_sources.get(fee_asset)) is not None:
+                fee_value_unit = _ONE
             else:
-                fee_value_unit, fee_source = self.value(fee_asset, timestamp)
+                if fee > _ZERO:
+                    pays_fee_units, paid_asset, paid = True, fee_asset, fee
+                if fee_asset == base:
+                    fee_value_unit, fee_source = unit, "trade"
+                elif fee_asset == quote:
+                    fee_value_unit, fee_source = quote_value, quote_source
+                else:
+                    fee_value_unit, fee_source = self.value(fee_asset, timestamp)
             if fee_value_unit is None:
                 fee_value = None
                 if fee_asset is not None:
@@ -507,17 +537,31 @@ class _Book:
                 day.fees += fee_value
                 stats.fees += fee_value
             sources = self.fee_sources
-            sources[fee_source] = sources.get(fee_source, 0) + 1
+            try:
+                sources[fee_source] += 1
+            except KeyError:
+                sources[fee_source] = 1
 
         if not base_cash:
-            self.move(base, amount, direction, unit, fee_value, trade, day, stats)
+            # Inlined ``move`` for a leg that closes nothing (flat, or the same side).
+            positions = self.positions
+            position = positions.get(base)
+            if position is None:
+                position = positions[base] = _Position()
+            if position.sign != -direction:
+                position.lots.append([amount, unit, fee_value])
+                position.sign = direction
+                if unit is not None:
+                    self.basis += amount * unit
+            else:
+                self.move(base, amount, direction, unit, fee_value, trade, day, stats)
         if not quote_cash:
             # The trade's fee belongs to its base leg, unless the base is cash.
             quote_fee = fee_value if base_cash else _ZERO
             self.move(quote, cost, -direction, quote_value, quote_fee, trade, day, stats)
-        if fee_asset is not None and fee is not None and fee > 0 and fee_asset not in env.cash:
+        if pays_fee_units:
             # Paying a fee disposes of its units at the fee's value, like a sell leg.
-            self.move(fee_asset, fee, -1, fee_value_unit, _ZERO, trade, day, stats, True)
+            self.pay_fee(paid_asset, paid, fee_value_unit, day, stats)
 
         if not base_cash:
             if unit is not None:
@@ -531,15 +575,12 @@ class _Book:
     def move(
         self, asset: str, qty: Decimal, direction: int, unit: Decimal | None,
         fee: Decimal | None, trade: Trade, day: _Day, stats: _Symbol,
-        fee_payment: bool = False,
     ) -> None:  # fmt: skip
         """One leg: ``qty`` units of ``asset`` in (+1) or out (-1) at ``unit`` each.
 
         ``fee`` is the fee value this leg carries (None: not valued). Against the
         position the leg closes lots FIFO and adds to the asset's current round trip;
-        the rest opens a lot. A ``fee_payment`` (units paid as a fee) realizes its PnL
-        into ``fee_asset_pnl`` and is no round trip; the lots it closes keep their whole
-        opening fee on what remains (the fee was paid for the position).
+        the rest opens a lot.
         """
         position = self.positions.get(asset)
         if position is None:
@@ -557,10 +598,6 @@ class _Book:
                     take = lot_qty
                     lots.popleft()
                     share = lot_fee
-                elif fee_payment:
-                    take = left
-                    lot[_QTY] = lot_qty - left
-                    share = _ZERO
                 else:
                     take = left
                     lot[_QTY] = lot_qty - left
@@ -584,18 +621,6 @@ class _Book:
             day.gross += gross
             stats.gross += gross
             position.realized += gross
-            if fee_payment:
-                self.fee_asset_pnl += gross
-                if unpriced:
-                    self.unpriced_realizations += 1
-                    _add(self.unpriced_quantity, asset, unpriced)
-                qty = left
-                if qty:
-                    position.lots.append([qty, unit, _ZERO])
-                    position.sign = direction
-                    if unit is not None:
-                        self.basis += qty * unit
-                return
             # The closing part's share of this leg's fee; the rest goes to the new lot.
             closing_fee: Decimal | None = fee
             if fee and left:
@@ -612,16 +637,17 @@ class _Book:
                 priced, fees = False, _ZERO
             else:
                 fees += closing_fee
-            key = (trade.symbol, trade.order_id or "\x1e" + trade.id)
+            symbol = trade.symbol
+            order = trade.order_id or "\x1e" + trade.id
             pending = self.pending.get(asset)
-            if pending is not None and pending.key == key:
-                pending.gross += gross
-                pending.fees += fees
-                pending.priced = pending.priced and priced
+            if pending and pending[_RT_ORDER] == order and pending[_RT_SYMBOL] == symbol:
+                pending[_RT_GROSS] += gross
+                pending[_RT_FEES] += fees
+                pending[_RT_PRICED] = pending[_RT_PRICED] and priced
             else:
                 if pending is not None:
                     self.finish(pending)
-                self.pending[asset] = _RoundTrip(key, gross, fees, priced)
+                self.pending[asset] = [symbol, order, gross, fees, priced]
             qty = left
         if qty:
             position.lots.append([qty, unit, fee])
@@ -629,12 +655,69 @@ class _Book:
             if unit is not None:
                 self.basis += qty * unit
 
+    def pay_fee(
+        self, asset: str, qty: Decimal, unit: Decimal | None, day: _Day, stats: _Symbol
+    ) -> None:
+        """Fee units paid: ``qty`` (> 0) of ``asset`` out at ``unit`` each, like a sell leg.
+
+        Long lots close FIFO and their PnL goes to ``fee_asset_pnl``, in no round trip;
+        a lot partly closed keeps its whole opening fee on what remains (the fee was
+        paid for the position). What no lot covers opens or grows a short.
+        """
+        position = self.positions.get(asset)
+        if position is None:
+            position = self.positions[asset] = _Position()
+        lots = position.lots
+        left = qty
+        if position.sign > 0:
+            gross = basis_out = unpriced = _ZERO
+            fees: Decimal | None = _ZERO  # unused, but summed as ``move`` sums it (flags)
+            while left and lots:
+                lot = lots[0]
+                lot_qty, cost, lot_fee = lot
+                if lot_qty <= left:
+                    take = lot_qty
+                    lots.popleft()
+                    share = lot_fee
+                else:
+                    take = left
+                    lot[_QTY] = lot_qty - left
+                    share = _ZERO
+                left -= take
+                if cost is None:
+                    unpriced += take
+                else:
+                    basis_out += take * cost
+                    if unit is None:
+                        unpriced += take
+                    else:
+                        gross += take * (unit - cost)
+                if fees is not None:
+                    fees = None if share is None else fees + share
+            if not lots:
+                position.sign = 0
+            self.basis -= basis_out
+            day.gross += gross
+            stats.gross += gross
+            position.realized += gross
+            self.fee_asset_pnl += gross
+            if unpriced:
+                self.unpriced_realizations += 1
+                _add(self.unpriced_quantity, asset, unpriced)
+        if left:
+            lots.append([left, unit, _ZERO])
+            position.sign = -1
+            if unit is not None:
+                self.basis += left * unit
+
     def finish(self, trip: _RoundTrip) -> None:
+        """Count a round trip that a later order's fill ended."""
         self.rt_closed += 1
-        if not trip.priced:
+        _symbol, _order, gross, fees, priced = trip
+        if not priced:
             self.rt_unpriced += 1
             return
-        net = trip.gross - trip.fees
+        net = gross - fees
         self.rt_net_sum += net
         if net > 0:
             self.rt_wins += 1
@@ -667,7 +750,8 @@ class _Book:
             "days": {d: _record(x, _DAY_FIELDS) for d, x in self.days.items()},
             "symbols": {s: _record(x, _SYMBOL_FIELDS) for s, x in self.symbols.items()},
             "pending": {
-                a: [*t.key, str(t.gross), str(t.fees), t.priced] for a, t in self.pending.items()
+                a: [symbol, order, str(gross), str(fees), priced]
+                for a, (symbol, order, gross, fees, priced) in self.pending.items()
             },
             "rounded": self.rounded,
         }
@@ -711,12 +795,11 @@ class _Book:
             _str(s): _restore(_Symbol(), r, _SYMBOL_FIELDS) for s, r in data["symbols"].items()
         }
         for asset, (symbol, order, gross, fees, priced) in data["pending"].items():
-            trip_key = (_str(symbol), _str(order))
-            book.pending[_str(asset)] = _RoundTrip(trip_key, _dec(gross), _dec(fees), priced)
+            trip = [_str(symbol), _str(order), _dec(gross), _dec(fees), priced]
+            book.pending[_str(asset)] = trip
         book.rounded = data["rounded"]
-        if not all(
-            isinstance(v, bool) for v in (book.rounded, *(t.priced for t in book.pending.values()))
-        ):
+        flags = (book.rounded, *(trip[_RT_PRICED] for trip in book.pending.values()))
+        if not all(isinstance(v, bool) for v in flags):
             raise TypeError("boolean expected")
         return book
 
@@ -792,29 +875,74 @@ def _str(value: Any) -> str:
 class _OrderSet:
     """Distinct orders as 64-bit BLAKE2b digests of ``(symbol, order id)``.
 
-    A plain set of ints (about 60 bytes per order) for O(1) inserts; ``pack`` writes 8
-    bytes per order. Digests, not the strings, so the state stays compact and is the
-    same across processes (``hash()`` of a str is salted per process). Two distinct
-    orders share a digest with probability 2^-64 per pair.
+    Digests, not the strings, so the state stays compact and is the same across
+    processes (``hash()`` of a str is salted per process). Two distinct orders share a
+    digest with probability 2^-64 per pair.
+
+    Memory: a set of ints costs about 100 bytes per order (a 36-byte int in a sparse
+    table), as much as the rest of a session's aggregate. So the digests live in one
+    array, 8 bytes each: a sorted, duplicate-free prefix of ``unique`` digests, then
+    whatever ``digests.append`` added since (the hot path appends, nothing more).
+    ``compact`` sorts and deduplicates; the caller runs it when the appended part
+    outgrows the prefix, so the array stays under twice the distinct count and the
+    sort, one sorted run plus a tail, costs O(log n) per order amortised.
     """
+
+    __slots__ = ("digests", "unique")
 
     def __init__(self, packed: bytes = b"") -> None:
         if len(packed) % 8:
             raise StateError("malformed aggregator state")
-        self._digests = {int.from_bytes(packed[i : i + 8], "big") for i in range(0, len(packed), 8)}
-        if len(self._digests) != len(packed) // 8:
+        self.digests = array("Q", packed)
+        if sys.byteorder == "little":
+            self.digests.byteswap()
+        self.unique = 0
+        self.compact()
+        if self.unique != len(packed) // 8:
             raise StateError("malformed aggregator state")
 
     def __len__(self) -> int:
-        return len(self._digests)
+        self.compact()
+        return self.unique
 
-    def add(self, symbol: str, order_id: str) -> None:
-        digest = hashlib.blake2b(f"{symbol}\x1f{order_id}".encode(), digest_size=8).digest()
-        self._digests.add(int.from_bytes(digest, "big"))
+    def compact(self) -> None:
+        """Sort the digests and drop repeats (in place: ``digests`` stays the same array).
+
+        A few new digests (a poll's worth, before a snapshot) are inserted by bisection;
+        more are merged by one sort of the whole array.
+        """
+        digests = self.digests
+        unique = self.unique
+        if len(digests) == unique:
+            return
+        if len(digests) - unique <= _INSERT_AT_MOST:
+            new = set(digests[unique:])
+            del digests[unique:]
+            for digest in sorted(new):
+                at = bisect_left(digests, digest)
+                if at == len(digests) or digests[at] != digest:
+                    digests.insert(at, digest)
+        else:
+            digests[:] = array("Q", [digest for digest, _run in groupby(sorted(digests))])
+        self.unique = len(digests)
 
     def pack(self) -> bytes:
         """Sorted big-endian digests."""
-        return b"".join(d.to_bytes(8, "big") for d in sorted(self._digests))
+        self.compact()
+        digests = array("Q", self.digests)
+        if sys.byteorder == "little":
+            digests.byteswap()
+        return digests.tobytes()
+
+
+_ORDER_SLACK: Final = 256  # appended digests tolerated beyond twice the distinct ones
+_INSERT_AT_MOST: Final = 64  # new digests that compaction inserts rather than sorts
+
+
+def _order_digest(symbol: str, order_id: str, _blake2b: Any = hashlib.blake2b) -> int:
+    """The 64-bit BLAKE2b digest of one order (the state format: keep it stable)."""
+    digest = _blake2b(f"{symbol}\x1f{order_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
 
 # ---------------------------------------------------------------------------- aggregator
@@ -928,38 +1056,48 @@ class Aggregator:
     ) -> int:
         """Apply trades in key order; ``replayed`` holds the ids of log trades among them."""
         book = self._book
-        log = self._log
+        apply = book.apply
+        append = self._log.append
         every = self._config.checkpoint_every
         orders = self._orders
-        last_order = self._last_order
+        add_order = orders.digests.append
+        last_symbol, last_order = self._last_order or ("", None)
         first, last = self._first, self._last
         previous = book.last_key
+        processed = book.processed
         added = 0
         try:
             for key, trade in stream:
                 if key == previous:
                     self.duplicates += 1  # only a new trade repeats a key (merge is stable)
                     continue
-                valid = book.apply(trade)
-                book.last_key = previous = key
-                log.append(trade)
+                valid = apply(trade)
+                processed += 1
+                previous = key
+                append(trade)
                 if replayed is None or id(trade) not in replayed:
                     added += 1
                     if valid:  # order-independent facts: replays skip them
-                        order = (trade.symbol, trade.order_id or f"\x1e{trade.id}")
-                        if order != last_order:
-                            orders.add(*order)
-                            last_order = order
+                        symbol = trade.symbol
+                        order = trade.order_id or f"\x1e{trade.id}"
+                        # Fills of one order arrive together: one digest per run of them.
+                        if order != last_order or symbol != last_symbol:
+                            add_order(_order_digest(symbol, order))
+                            last_symbol, last_order = symbol, order
                         timestamp = key[0]
                         if first is None or timestamp < first:
                             first = timestamp
                         if last is None or timestamp > last:
                             last = timestamp
-                if not book.processed % every:
-                    self._checkpoints.append((book.processed, key, cbor2.dumps(book.encode())))
+                if not processed % every:
+                    book.processed, book.last_key = processed, key
+                    self._checkpoints.append((processed, key, cbor2.dumps(book.encode())))
                     self._checkpoint_keys.append(key)
         finally:
-            self._last_order = last_order
+            if len(orders.digests) > 2 * orders.unique + _ORDER_SLACK:
+                orders.compact()
+            book.processed, book.last_key = processed, previous
+            self._last_order = None if last_order is None else (last_symbol, last_order)
             self._first, self._last = first, last
         return added
 
@@ -1151,12 +1289,12 @@ def _report(aggregator: Aggregator) -> dict[str, Any]:
     closed, unpriced_rt = book.rt_closed, book.rt_unpriced
     wins, losses = book.rt_wins, book.rt_losses
     win_sum, loss_sum, net_sum = book.rt_win_sum, book.rt_loss_sum, book.rt_net_sum
-    for trip in book.pending.values():
+    for _symbol, _order, trip_gross, trip_fees, trip_priced in book.pending.values():
         closed += 1
-        if not trip.priced:
+        if not trip_priced:
             unpriced_rt += 1
             continue
-        trip_net = trip.gross - trip.fees
+        trip_net = trip_gross - trip_fees
         net_sum += trip_net
         if trip_net > 0:
             wins, win_sum = wins + 1, win_sum + trip_net

@@ -40,6 +40,7 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import Any, Final
 
 from shared.encoding import b64encode, canonical_json
@@ -444,10 +445,35 @@ def trade_leaf(fields: Mapping[str, str], salt: bytes) -> bytes:
     if not all(isinstance(key, str) and isinstance(value, str) for key, value in fields.items()):
         raise MerkleError("trade fields must map strings to strings")
     try:
-        return canonical_json({"salt": b64encode(salt), "fields": dict(fields)})
+        return _trade_leaf_jcs(fields, b64encode(salt))
     except ValueError:
         # Lone surrogates: RFC 8785 section 3.2.2.2 needs valid Unicode.
         raise MerkleError("trade fields cannot be canonicalised (RFC 8785)") from None
+
+
+def _utf16_order(item: tuple[str, str]) -> bytes:
+    # RFC 8785 section 3.2.3: properties sorted by their names' UTF-16 code units.
+    return item[0].encode("utf-16-be")
+
+
+def _trade_leaf_jcs(fields: Mapping[str, str], salt_text: str) -> bytes:
+    """RFC 8785 of ``{"fields": fields, "salt": salt_text}``, fields of str to str.
+
+    The bytes ``canonical_json`` gives for this shape (tests compare the two on
+    generated fields), written directly: one commitment per trade read, and the
+    general serializer is about five times slower. "fields" sorts before "salt"; the
+    salt is base64, which needs no escaping. Strings follow RFC 8785 section 3.2.2.2
+    (ECMAScript JSON.stringify), which ``json``'s ``encode_basestring`` implements
+    exactly: two-character escapes for backspace, tab, newline, form feed, carriage
+    return, quote and backslash, a lowercase \\u00xx escape for the other controls,
+    everything else as is; a lone surrogate fails the UTF-8 encoding (ValueError), as
+    it fails ``canonical_json``.
+    """
+    quote = encode_basestring
+    members = ",".join(
+        f"{quote(name)}:{quote(value)}" for name, value in sorted(fields.items(), key=_utf16_order)
+    )
+    return f'{{"fields":{{{members}}},"salt":"{salt_text}"}}'.encode()
 
 
 # --------------------------------------------------------------------------- wire forms

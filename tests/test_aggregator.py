@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import cbor2
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -779,3 +780,106 @@ def test_state_under_another_configuration_is_refused() -> None:
         aggregator.to_state(), AggregatorConfig(reporting_currency="USDC")
     )
     assert restored.snapshot() == aggregator.snapshot()
+
+
+# ---------------------------------------------------------------------------- readable numbers
+
+
+def readable(text: str | None, *, sign: str) -> bool:
+    """Whether the aggregator may read ``text``, by Decimal's own predicates.
+
+    The documented rule: finite, |adjusted exponent| <= 40 and positive (price, amount);
+    finite, not negative, adjusted exponent <= 40 (cost); finite, |adjusted| <= 40 (fee).
+    """
+    if text is None:
+        return sign != "positive"
+    try:
+        value = Decimal(text)
+    except ArithmeticError:
+        return False
+    if not value.is_finite():
+        return False
+    if sign == "positive":
+        return value > 0 and -40 <= value.adjusted() <= 40
+    if sign == "non-negative":
+        return value >= 0 and value.adjusted() <= 40
+    return -40 <= value.adjusted() <= 40
+
+
+# Both sides of every bound: 1E-40 and 1E+41 in magnitude, zeros by exponent, specials.
+EDGE_NUMBERS = [
+    "1E-40", "1.000E-40", "9.99E-41", "9.999999E+40", "9" * 41, "1" + "0" * 41, "1E+41",
+    "0.5", "0", "-0", "0E-41", "0E-40", "0E+40", "0E+41", "-1E-40", "-9.9E-41", "-9.9E+40",
+    "-1E+41", "Infinity", "-Infinity", "NaN", "sNaN", "1_000", " 1", "abc", "",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("field", ["price", "amount", "cost", "fee_cost"])
+def test_numbers_are_read_exactly_within_the_documented_bounds(field: str) -> None:
+    """Each edge number is counted or skipped as bad_number exactly as the rule says."""
+    sign = {"cost": "non-negative", "fee_cost": "any"}.get(field, "positive")
+    trades = [
+        Trade(**{**_fields(fill(i, START + i, "BTC/USDT", "buy", "2", "3", "6")), field: text})
+        for i, text in enumerate(EDGE_NUMBERS)
+    ]
+    out = report(trades)
+    expected_bad = sum(not readable(text, sign=sign) for text in EDGE_NUMBERS)
+    assert out["trades"]["skipped"].get("bad_number", 0) == expected_bad
+    assert out["trades"]["count"] == len(EDGE_NUMBERS) - expected_bad
+
+
+def test_a_repeated_price_does_not_excuse_the_other_numbers() -> None:
+    """A fill at the previous fill's price is still skipped if its amount is unreadable."""
+    out = report(
+        [
+            fill(1, START, "BTC/USDT", "buy", "1", "100", order="o"),
+            fill(2, START + 1, "BTC/USDT", "buy", "1e999", "100", order="o"),
+            fill(3, START + 2, "BTC/USDT", "buy", "2", "100", order="o"),
+        ]
+    )
+    assert out["trades"]["skipped"] == {"bad_number": 1}
+    assert (out["trades"]["count"], out["volume"]) == (2, "300")
+
+
+# ---------------------------------------------------------------------------- distinct orders
+
+
+def test_orders_are_counted_once_however_their_fills_interleave() -> None:
+    """Fills of an order split across batches and other orders count one order, in state too."""
+    rng = random.Random(11)
+    orders = [(rng.choice(["BTC/USDT", "ETH/USDT"]), f"o{rng.randrange(700)}") for _ in range(3000)]
+    trades = [
+        fill(i, START + i * 1000, symbol, rng.choice(["buy", "sell"]), "1", "10", order=order)
+        for i, (symbol, order) in enumerate(orders)
+    ]
+    trades.append(fill(3000, START + 3_000_000, "BTC/USDT", "buy", "1", "10", order=None))
+    distinct = len(set(orders)) + 1  # a fill without an order id is an order of its own
+    aggregator = Aggregator()
+    start = 0
+    for size in itertools.cycle([13, 97, 500]):  # small and large batches between reports
+        aggregator.add(trades[start : start + size])
+        start += size
+        seen = {(t.symbol, t.order_id or t.id) for t in trades[:start]}
+        assert aggregator.snapshot()["trades"]["orders"] == len(seen)
+        if start >= len(trades):
+            break
+    assert aggregator.snapshot()["trades"]["orders"] == distinct
+    restored = Aggregator.from_state(aggregator.to_state())
+    assert restored.snapshot()["trades"]["orders"] == distinct
+    restored.add([fill(3001, START + 4_000_000, *orders[0], "sell", "1", "10", order=orders[0][1])])
+    assert restored.snapshot()["trades"]["orders"] == distinct
+
+
+def test_state_orders_are_sorted_digests_and_repeats_are_refused() -> None:
+    """The state holds each order once, as sorted 8-byte digests; a repeat is a StateError."""
+    aggregator = Aggregator()
+    aggregator.add(EXAMPLE)
+    state = cbor2.loads(aggregator.to_state())
+    digests = [state["orders"][i : i + 8] for i in range(0, len(state["orders"]), 8)]
+    assert len(digests) == 6 and digests == sorted(digests)
+    for bad in (state["orders"] + digests[0], state["orders"][:-1]):
+        with pytest.raises(StateError):
+            Aggregator.from_state(cbor2.dumps({**state, "orders": bad}))
+    shuffled = b"".join(reversed(digests))  # any order reads: the set is what counts
+    restored = Aggregator.from_state(cbor2.dumps({**state, "orders": shuffled}))
+    assert restored.to_state() == aggregator.to_state()

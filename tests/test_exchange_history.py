@@ -9,12 +9,17 @@ offsets, Coinbase's cursors). They record every call so tests can count them.
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import io
 import json
+import pickle
 import random
 import ssl
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -46,6 +51,7 @@ from enclave.exchanges.history import (
     GapReason,
     GenericHistory,
     HistoryConfig,
+    HistoryFetcher,
     KrakenHistory,
     Trade,
     TradeLedger,
@@ -990,6 +996,131 @@ def test_ledger_dedupes_and_counts_conflicting_duplicates() -> None:
     assert not ledger.add(changed)
     assert (len(ledger), ledger.conflicts) == (1, 1)
     assert list(ledger.since(0)) == [trade] and list(ledger.since(1)) == []
+
+
+def test_ledger_index_is_per_symbol() -> None:
+    """The same id in two symbols is two trades; membership takes (symbol, id) only."""
+    ledger = TradeLedger()
+    for symbol in ("BTC/USDT", "ETH/USDT"):
+        assert ledger.add(
+            Trade(symbol=symbol, id="1", order_id="7", side="sell", price="2", amount="1",
+                  cost="2", fee_cost=None, fee_currency=None, timestamp=9)
+        )  # fmt: skip
+    assert len(ledger) == 2 and ledger.conflicts == 0
+    assert ledger.keys() == {("BTC/USDT", "1"), ("ETH/USDT", "1")}
+    assert ("ETH/USDT", "1") in ledger
+    assert ("ETH/USDT", "2") not in ledger and ("SOL/USDT", "1") not in ledger
+    for other in ("ETH/USDT", ("ETH/USDT",), ("ETH/USDT", "1", "x"), None):
+        assert other not in ledger
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReferenceTrade:
+    """``Trade`` as the frozen dataclass it was: the value semantics it must keep."""
+
+    symbol: str
+    id: str
+    order_id: str | None
+    side: str
+    price: str
+    amount: str
+    cost: str | None
+    fee_cost: str | None
+    fee_currency: str | None
+    timestamp: int
+    raw: tuple[tuple[str, str], ...] = ()
+
+
+# Texts made to collide with the packing of raw records: its separator (\x1f), its
+# one-character field references (\x01..\x0a, \n among them), empty strings.
+PACKING_TEXT = st.text(alphabet=st.sampled_from(list("a1.-\x1f\x01\x02\n\x0b\xe9")), max_size=4)
+
+
+@st.composite
+def trade_fields(draw: st.DrawFn) -> dict[str, Any]:
+    """Constructor arguments; raw values often repeat a field, as exchanges' do."""
+    optional = st.none() | PACKING_TEXT
+    fields: dict[str, Any] = {
+        "symbol": draw(PACKING_TEXT),
+        "id": draw(PACKING_TEXT),
+        "order_id": draw(optional),
+        "side": draw(st.sampled_from(["buy", "sell", ""])),
+        "price": draw(PACKING_TEXT),
+        "amount": draw(PACKING_TEXT),
+        "cost": draw(optional),
+        "fee_cost": draw(optional),
+        "fee_currency": draw(optional),
+        "timestamp": draw(st.integers(-(2**63), 2**63)),
+    }
+    texts = [v for v in fields.values() if isinstance(v, str)] + [str(fields["timestamp"])]
+    value = PACKING_TEXT | st.sampled_from(texts)
+    names = draw(st.lists(PACKING_TEXT, max_size=8, unique=True))
+    fields["raw"] = tuple((name, draw(value)) for name in sorted(names))
+    return fields
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields=trade_fields())
+def test_trade_keeps_the_values_of_its_dataclass(fields: dict[str, Any]) -> None:
+    """Fields, raw record, repr, equality, hash, JSON and copies are the dataclass's."""
+    trade, reference = Trade(**fields), ReferenceTrade(**fields)
+    assert {name: getattr(trade, name) for name in Trade.__slots__} == {
+        name: getattr(reference, name) for name in ReferenceTrade.__slots__
+    }
+    assert trade.raw == reference.raw
+    assert repr(trade) == repr(reference).replace("ReferenceTrade(", "Trade(", 1)
+    again = Trade(**fields)
+    assert again == trade and hash(again) == hash(trade)
+    assert trade.to_json() == {**dataclasses.asdict(reference), "raw": dict(reference.raw)}
+    assert pickle.loads(pickle.dumps(trade)) == trade == copy.deepcopy(trade)
+    assert Trade(**{**fields, "raw": ()}) != trade or not fields["raw"]
+
+
+def test_trade_is_a_frozen_value() -> None:
+    """Fields cannot be set or deleted; any differing field makes another trade."""
+    fields: dict[str, Any] = {
+        "symbol": "BTC/USDT", "id": "1", "order_id": "7", "side": "buy", "price": "2",
+        "amount": "1", "cost": "2", "fee_cost": "0.1", "fee_currency": "BNB",
+        "timestamp": 9, "raw": (("id", "1"), ("isMaker", "true")),
+    }  # fmt: skip
+    trade = Trade(**fields)
+    assert Trade.__slots__ == tuple(f.name for f in dataclasses.fields(ReferenceTrade))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        trade.price = "3"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del trade.raw  # type: ignore[misc]
+    for name, other in [*((n, "x") for n in fields if n not in ("timestamp", "raw")),
+                        ("timestamp", 10), ("raw", (("id", "1"),))]:  # fmt: skip
+        assert Trade(**{**fields, name: other}) != trade
+    assert trade != ReferenceTrade(**fields) and trade != fields
+
+
+def test_a_binance_record_is_stored_packed() -> None:
+    """Fills of one layout share its names; values that repeat a field cost one character."""
+    rng = random.Random(5)
+    trades = [
+        HistoryFetcher(None, exchange_id="binance", config=HistoryConfig())._trade(
+            {
+                "info": record,
+                "symbol": "BTC/USDT",
+                "side": "buy",
+                "timestamp": record["time"],
+                "fee": {"cost": None, "currency": record["commissionAsset"]},
+            },
+            history_module._BINANCE_KEYS,
+        )
+        for record in spread_trades(rng, "BTC/USDT", 50, NOW - DAY, NOW)
+    ]
+    assert all(isinstance(t, Trade) for t in trades)
+    first = trades[0]
+    assert first is not None and len(first.raw) == 13
+    assert all(t is not None and t._raw_names is first._raw_names for t in trades)
+    # 9 of the 13 values are the trade's own fields (ids, numbers, time, fee asset): one
+    # short str instead of 14 tuples (about 1 KB).
+    packed = history_module._RAW_SLOT.__get__(first, Trade)
+    assert isinstance(packed, str) and len(packed) < 48
+    assert sys.getsizeof(packed) * 8 < sum(map(sys.getsizeof, (first.raw, *first.raw)))
+    assert dict(first.raw)["time"] == str(first.timestamp)
 
 
 async def test_trades_keep_the_exchange_strings() -> None:

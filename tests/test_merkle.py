@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import base64
 import functools
 import hashlib
 import json
@@ -824,6 +825,38 @@ def test_trade_leaf_ignores_field_order_and_depends_on_salt() -> None:
     assert trade_leaf(reordered, salt) == trade_leaf(fields, salt)
     assert trade_leaf(fields, bytes(32)) != trade_leaf(fields, salt)
     assert trade_leaf({**fields, "qty": "12.0"}, salt) != trade_leaf(fields, salt)
+
+
+# Text that exercises every RFC 8785 string rule: controls (short and \u00xx escapes),
+# quote, backslash, DEL, non-ASCII, U+2028, BMP private use (U+E000, after the UTF-16
+# surrogates) and astral characters (before it in UTF-16 order, after it by code point).
+JCS_TEXT = st.text(
+    alphabet=st.sampled_from(
+        [chr(c) for c in range(0x20)]
+        + list('"\\/ az09.-+E\x7f\xe9\u2028\ue000\uffff')
+        + ["\U0001f600", "\U00010000"]
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    fields=st.dictionaries(JCS_TEXT, JCS_TEXT, min_size=1, max_size=8),
+    salt=st.binary(min_size=32, max_size=32),
+)
+def test_trade_leaf_is_the_general_rfc8785_serialisation(
+    fields: dict[str, str], salt: bytes
+) -> None:
+    """The leaf is byte for byte what canonical_json makes of {"salt", "fields"}."""
+    expected = canonical_json({"salt": base64.b64encode(salt).decode(), "fields": fields})
+    assert trade_leaf(fields, salt) == expected
+
+
+def test_trade_leaf_orders_names_by_utf16_code_units() -> None:
+    """An astral name sorts before U+E000 (UTF-16 surrogates are 0xD800..0xDFFF)."""
+    leaf = trade_leaf({"\ue000": "a", "\U0001f600": "b", "z": "c"}, bytes(32))
+    assert leaf.startswith('{"fields":{"z":"c","\U0001f600":"b","\ue000":"a"}'.encode())
 
 
 def test_new_trade_salts_are_fresh_32_bytes() -> None:

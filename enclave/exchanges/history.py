@@ -77,8 +77,9 @@ from __future__ import annotations
 
 import enum
 import json
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
 
@@ -113,9 +114,83 @@ _BINANCE_IDS: Final = frozenset({"binance", "binanceus"})
 # ---------------------------------------------------------------------------- data
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Trade:
-    """One fill as the exchange reported it; numbers are the exchange's own strings."""
+# A trade's raw record dominates its memory when kept as it arrives: a Binance fill's 13
+# (name, text) pairs are 14 tuples and a dozen strings, about 1.4 KB. Its names are the
+# same for every record of an endpoint, and most of its values repeat the trade's own
+# fields (id, price, qty, ...). So a Trade keeps the names as one tuple shared by every
+# trade with the same names, and the values packed in one str, separated by _SEPARATOR,
+# a value equal to one of the trade's fields written as that field's one-character
+# reference (_REFERENCES[i] for the i-th of Trade._fields()). Anything the packing cannot
+# represent unambiguously (a value containing _SEPARATOR or equal to a reference
+# character, a name or value that is not a str) keeps the pairs as given.
+_SEPARATOR: Final = "\x1f"
+_REFERENCES: Final = tuple(chr(code) for code in range(1, 11))
+_REFERENCE_INDEX: Final = {reference: i for i, reference in enumerate(_REFERENCES)}
+_NAME_TUPLES: dict[tuple[str, ...], tuple[str, ...]] = {}
+_MAX_NAME_TUPLES: Final = 4096  # distinct raw layouts shared; past it, each trade its own
+
+
+def _shared_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    """One tuple per distinct raw layout (bounded), its names interned."""
+    shared = _NAME_TUPLES.get(names)
+    if shared is None:
+        shared = tuple(sys.intern(name) for name in names)
+        if len(_NAME_TUPLES) < _MAX_NAME_TUPLES:
+            _NAME_TUPLES[shared] = shared
+    return shared
+
+
+def _intern(text: Any) -> Any:
+    """One object per distinct symbol, side or currency code, however many trades."""
+    return sys.intern(text) if type(text) is str else text
+
+
+# Recently seen texts that repeat from trade to trade but are parsed into a new object
+# each time: an order's id and price (its fills arrive together), and a packed raw
+# record made only of references and repeated literals (Binance: "true", "-1", the
+# market id). Bounded: emptied when full, so unique texts cost a dict entry for a while,
+# never forever.
+_RECENT: dict[str, str] = {}
+_MAX_RECENT: Final = 4096
+_MAX_SHARED_LENGTH: Final = 64  # longer texts are unlikely to repeat
+
+
+def _shared(text: Any) -> Any:
+    """An equal str seen recently, else ``text`` (remembered)."""
+    if type(text) is not str or len(text) > _MAX_SHARED_LENGTH:
+        return text
+    found = _RECENT.get(text)
+    if found is None:
+        if len(_RECENT) >= _MAX_RECENT:
+            _RECENT.clear()
+        _RECENT[text] = found = text
+    return found
+
+
+class _RawNames:
+    """Storage base of Trade: the shared names of its packed raw record (one slot)."""
+
+    __slots__ = ("_raw_names",)
+
+    _raw_names: tuple[str, ...] | None  # None: the raw slot holds the pairs as given
+
+
+class Trade(_RawNames):
+    """One fill as the exchange reported it; numbers are the exchange's own strings.
+
+    Immutable, compared and hashed by value, like the frozen dataclass it was: the
+    fields are ``__slots__`` in order, keyword arguments of the constructor, and
+    attributes. Written by hand for memory (a session holds every trade it ever read):
+    the ``raw`` slot stores the record packed (see ``_SEPARATOR``), and the ``raw``
+    attribute rebuilds the pairs on access. The other fields are plain slots, read on
+    the aggregator's hot path.
+    """
+
+    # The fields, in their order (a dataclass's order: tests build trades from it).
+    __slots__ = (  # noqa: RUF023
+        "symbol", "id", "order_id", "side", "price", "amount", "cost", "fee_cost",
+        "fee_currency", "timestamp", "raw",
+    )  # fmt: skip
 
     symbol: str  # ccxt unified symbol ("BTC/USDT"), or the exchange's id if unknown
     id: str  # unique per symbol (Coinbase: entry_id)
@@ -127,7 +202,112 @@ class Trade:
     fee_cost: str | None
     fee_currency: str | None
     timestamp: int  # ms since the Unix epoch
-    raw: tuple[tuple[str, str], ...] = ()  # every scalar field of the exchange's record
+    raw: tuple[tuple[str, str], ...]  # every scalar field of the exchange's record
+
+    def __init__(
+        self, *, symbol: str, id: str, order_id: str | None, side: str, price: str,
+        amount: str, cost: str | None, fee_cost: str | None, fee_currency: str | None,
+        timestamp: int, raw: tuple[tuple[str, str], ...] = (),
+    ) -> None:  # fmt: skip
+        setter = object.__setattr__
+        setter(self, "symbol", _intern(symbol))
+        setter(self, "id", id)
+        setter(self, "order_id", _shared(order_id))
+        setter(self, "side", _intern(side))
+        setter(self, "price", _shared(price))
+        setter(self, "amount", amount)
+        setter(self, "cost", cost)
+        setter(self, "fee_cost", fee_cost)
+        setter(self, "fee_currency", _intern(fee_currency))
+        setter(self, "timestamp", timestamp)
+        names, packed = self._pack(raw)
+        setter(self, "_raw_names", names)
+        _RAW_SLOT.__set__(self, packed)
+
+    def _fields(self) -> tuple[Any, ...]:
+        """The fields ``_REFERENCES`` point at, as text where they are text."""
+        return (
+            self.symbol, self.id, self.order_id, self.side, self.price, self.amount,
+            self.cost, self.fee_cost, self.fee_currency, str(self.timestamp),
+        )  # fmt: skip
+
+    def _pack(
+        self, raw: Iterable[tuple[str, str]]
+    ) -> tuple[tuple[str, ...] | None, str | tuple[tuple[str, str], ...]]:
+        """(shared names, packed values), or (None, the pairs) if packing is ambiguous."""
+        pairs = raw if type(raw) is tuple else tuple(raw)
+        if not pairs:
+            return (), ""
+        references: dict[str, str] = {}
+        for code, text in zip(_REFERENCES, self._fields(), strict=True):
+            if type(text) is str and text not in references:
+                references[text] = code
+        names: list[str] = []
+        parts: list[str] = []
+        for pair in pairs:
+            if type(pair) is not tuple or len(pair) != 2:
+                return None, pairs
+            name, value = pair
+            if type(name) is not str or type(value) is not str:
+                return None, pairs
+            names.append(name)
+            reference = references.get(value)
+            if reference is not None:
+                parts.append(reference)
+            elif value in _REFERENCE_INDEX or _SEPARATOR in value:
+                return None, pairs
+            else:
+                parts.append(value)
+        return _shared_names(tuple(names)), _shared(_SEPARATOR.join(parts))
+
+    def _unpack_raw(self) -> tuple[tuple[str, str], ...]:
+        """The ``raw`` attribute: the pairs, references resolved."""
+        names, packed = self._raw_names, _RAW_SLOT.__get__(self, Trade)
+        if names is None:
+            return packed  # type: ignore[no-any-return]
+        if not names:
+            return ()
+        fields = self._fields()
+        index = _REFERENCE_INDEX
+        parts = packed.split(_SEPARATOR)
+        texts = [fields[index[part]] if part in index else part for part in parts]
+        return tuple(zip(names, texts, strict=True))
+
+    def _value(self) -> tuple[Any, ...]:
+        """What equality and hashing compare: every field, raw as stored."""
+        return (
+            self.symbol, self.id, self.order_id, self.side, self.price, self.amount,
+            self.cost, self.fee_cost, self.fee_currency, self.timestamp, self._raw_names,
+            _RAW_SLOT.__get__(self, Trade),
+        )  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Trade) or other.__class__ is not self.__class__:
+            return NotImplemented
+        # Packing is a function of the fields and raw: equal trades pack equally.
+        return self._value() == other._value()
+
+    def __hash__(self) -> int:
+        return hash(self._value())
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__qualname__}(symbol={self.symbol!r}, id={self.id!r}, "
+            f"order_id={self.order_id!r}, side={self.side!r}, price={self.price!r}, "
+            f"amount={self.amount!r}, cost={self.cost!r}, fee_cost={self.fee_cost!r}, "
+            f"fee_currency={self.fee_currency!r}, timestamp={self.timestamp!r}, "
+            f"raw={self.raw!r})"
+        )
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # copy and pickle rebuild through __init__ (the default would call __setattr__).
+        return (_rebuild_trade, (self.to_json(), self.raw))
 
     @property
     def key(self) -> tuple[str, str]:
@@ -151,15 +331,29 @@ class Trade:
         }
 
 
+# The "raw" slot keeps the packed record; the class attribute of that name becomes the
+# property that unpacks it (the slot stays reachable through its descriptor).
+_RAW_SLOT: Final[Any] = Trade.__dict__["raw"]
+setattr(  # noqa: B010 - assigning the attribute directly would redefine the slot for mypy
+    Trade, "raw", property(Trade._unpack_raw, doc="Every scalar field of the record, by name.")
+)
+
+
+def _rebuild_trade(fields: dict[str, Any], raw: tuple[tuple[str, str], ...]) -> Trade:
+    return Trade(**{**fields, "raw": raw})
+
+
 class TradeLedger:
     """A session's trades, deduplicated by ``(symbol, id)``, in arrival order.
 
     Append-only, so a consumer that remembers ``len(ledger)`` reads only what is new
-    with :meth:`since` (aggregation costs O(new trades) per poll).
+    with :meth:`since` (aggregation costs O(new trades) per poll). The index is one
+    dict of ids per symbol: the trades' own strings are its keys, no key tuple per
+    trade.
     """
 
     def __init__(self) -> None:
-        self._by_key: dict[tuple[str, str], Trade] = {}
+        self._by_symbol: dict[str, dict[str, Trade]] = {}
         self._order: list[Trade] = []
         self.conflicts = 0
         """Duplicates whose fields differed from the first copy (kept: the first)."""
@@ -168,19 +362,25 @@ class TradeLedger:
         return len(self._order)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._by_key
+        if not (isinstance(key, tuple) and len(key) == 2):
+            return False
+        by_id = self._by_symbol.get(key[0])
+        return by_id is not None and key[1] in by_id
 
     def __iter__(self) -> Iterator[Trade]:
         return iter(self._order)
 
     def add(self, trade: Trade) -> bool:
         """Store ``trade``; False if its key was already there."""
-        known = self._by_key.get(trade.key)
+        by_id = self._by_symbol.get(trade.symbol)
+        if by_id is None:
+            by_id = self._by_symbol[trade.symbol] = {}
+        known = by_id.get(trade.id)
         if known is not None:
             if known != trade:
                 self.conflicts += 1
             return False
-        self._by_key[trade.key] = trade
+        by_id[trade.id] = trade
         self._order.append(trade)
         return True
 
@@ -194,7 +394,7 @@ class TradeLedger:
 
     def keys(self) -> set[tuple[str, str]]:
         """The set of dedupe keys."""
-        return set(self._by_key)
+        return {(symbol, ident) for symbol, by_id in self._by_symbol.items() for ident in by_id}
 
 
 class GapReason(enum.StrEnum):
