@@ -22,6 +22,11 @@ SANS_IO = [
     "shared.connect",
     "shared.allowlist",
     "shared.merkle",
+    "shared.translog",
+    "shared.disclosure",
+    "shared.bundle",
+    "shared.sealed_state",
+    "enclave.cms",
 ]
 
 
