@@ -14,11 +14,12 @@ so the log's time resolution is the sweep interval.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from shared.merkle import MerkleTree, tree_head_payload
-from shared.translog import encode_entry, log_id_for
+from shared.translog import encode_entry, log_id_for, parse_entry
 
 __all__ = ["OpsLog"]
 
@@ -47,6 +48,14 @@ class OpsLog:
         self._tree.append(leaf)
         self._leaves.append(leaf)
         return index
+
+    def restore_entry(self, leaf: bytes) -> None:
+        """Re-append an entry from sealed state (checked to sit at its own index)."""
+        _entry, canonical = parse_entry(json.loads(leaf), index=len(self._leaves))
+        if canonical != leaf:
+            raise ValueError("log entry is not canonical")
+        self._tree.append(leaf)
+        self._leaves.append(leaf)
 
     def since(self, start: int, limit: int) -> tuple[bytes, ...]:
         """Up to ``limit`` entries (canonical bytes) from index ``start``."""

@@ -10,12 +10,14 @@ session id, no exception text ever goes into a reply or a log line.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -25,8 +27,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from enclave.aggregator import Aggregator, AggregatorConfig
 from enclave.commitments import TradeSource, leaf_fields
-from enclave.keys import KeyRing
+from enclave.keys import KeyRing, keys_from_seed
+from enclave.kms import AwsCredentials, KmsError, KmsPort, RecipientKey
 from enclave.nsm import NsmClient, NsmError
+from enclave.sealing import RevocationList, SealingError, Vault
+from enclave.session_state import StateTooLarge, open_session, seal_session
 from enclave.sessions import Session, SessionTable
 from shared import protocol as p
 from shared.attestation import encode_user_data
@@ -82,11 +87,24 @@ _MAX_SYMBOL = 64
 _MAX_TRADE_ID = 128
 
 
+KmsConnector = Callable[[AwsCredentials, str], KmsPort]
+"""Builds the KMS adapter from the credentials and region the parent hands over."""
+
+_LOCKED_OK: frozenset[type[p.Request]] = frozenset({p.Unlock, p.Health, p.Stats})
+_MAX_CHECKPOINT_BYTES = 3 * 1024 * 1024  # one reply stays under the 4 MiB frame cap
+
+
 class PollingPort(Protocol):
     """The exchange pollers as the service drives them (enclave.exchanges.PollingManager)."""
 
-    def start(self, session_hash: bytes, exchange_id: str, credentials: Credentials) -> None:
-        """Begin polling a confirmed session."""
+    def start(
+        self,
+        session_hash: bytes,
+        exchange_id: str,
+        credentials: Credentials,
+        trades: Collection[Any] = (),
+    ) -> None:
+        """Begin polling a confirmed (or restored: ``trades`` read before) session."""
         ...
 
     def stop(self, session_hash: bytes) -> bool:
@@ -166,7 +184,12 @@ class EnclaveService:
         limits: ServiceLimits,
         polling: PollingPort | None = None,
         clock: Callable[[], float] = time.time,
+        kms: KmsConnector | None = None,
+        kms_key_id: str | None = None,
     ) -> None:
+        """``kms`` None: no sealing (sessions die with the process). Otherwise the
+        service starts locked and serves nothing but health until an Unlock succeeded
+        (a KMS data key obtained with this enclave's attestation)."""
         self._nsm = nsm
         self._keys = keys
         self._pcr0_hex = pcr0.hex()
@@ -176,8 +199,14 @@ class EnclaveService:
         self._sessions = SessionTable()
         self._started = clock()
         self._user_data = encode_user_data(keys.public())
+        self._kms_connector = kms
+        self._kms_key_id = kms_key_id
+        self._vault: Vault | None = None
+        self._revocations = RevocationList()
         self.counters: Counter[str] = Counter()
-        self._handlers: Mapping[type[p.Request], Callable[[Any], p.Reply]] = {
+        self._handlers: Mapping[
+            type[p.Request], Callable[[Any], p.Reply | Coroutine[Any, Any, p.Reply]]
+        ] = {
             p.Attest: self._attest,
             p.Submit: self._submit,
             p.Confirm: self._confirm,
@@ -201,11 +230,21 @@ class EnclaveService:
         """The live session table (for the purge task and tests)."""
         return self._sessions
 
+    @property
+    def locked(self) -> bool:
+        """True while sealing is configured and no Unlock has succeeded yet."""
+        return self._kms_connector is not None and self._vault is None
+
     async def handle(self, request: p.Request) -> p.Reply:
         """Answer one request; refusals become ErrorReply, never an exception."""
         handler = self._handlers[type(request)]
         try:
-            reply = handler(request)
+            if self.locked and type(request) not in _LOCKED_OK:
+                raise _Refusal(
+                    p.ErrorCode.UNAVAILABLE, "the enclave is locked: waiting for its sealed state"
+                )
+            result = handler(request)
+            reply = await result if inspect.isawaitable(result) else result
         except _Refusal as refusal:
             self.counters[f"{request.TYPE}.{refusal.code.value}"] += 1
             log.info("request_refused", method=request.TYPE, code=refusal.code.value)
@@ -335,6 +374,7 @@ class EnclaveService:
             ok = self._sessions.discard(digest)
         if not ok:
             raise _Refusal(p.ErrorCode.NOT_FOUND, "unknown or expired pending session")
+        sealed_state = None
         if request.commit and session is not None:
             session.opslog.append(
                 "submit",
@@ -347,9 +387,10 @@ class EnclaveService:
                     "owner": session.owner_pub is not None,
                 },
             )
+            sealed_state = self._sealed(session)
         log.info("session_confirmed" if request.commit else "session_discarded",
                  session=_short_hash(digest))  # fmt: skip
-        return p.ConfirmReply(request_id=request.request_id, sealed_state=None)
+        return p.ConfirmReply(request_id=request.request_id, sealed_state=sealed_state)
 
     def _active(self, session_id: str) -> Session:
         session = self._sessions.get_active(self._hash_of(session_id), now=self._clock())
@@ -413,6 +454,12 @@ class EnclaveService:
         # session is gone and nothing can sign for its log any more.
         entries = opslog.since(request.log_start, opslog.size)
         tree_head, signature = self._signed_head(session)
+        revocations = None
+        if self._vault is not None:
+            self._revocations.add(
+                session.session_hash, int(session.expires_at), now=int(self._clock())
+            )
+            revocations = self._revocations.seal(self._vault)
         self._sessions.remove(session.session_hash)
         if self._polling is not None:
             self._polling.stop(session.session_hash)
@@ -422,19 +469,165 @@ class EnclaveService:
             entries=entries,
             tree_head=tree_head,
             signature=signature,
-            revocations=None,
+            revocations=revocations,
         )
 
-    def _restore(self, request: p.Restore) -> p.RestoreReply:
-        # Sealed-state restore needs the KMS data key (issue 7); until then this
-        # enclave has nothing it could decrypt a sealed blob with.
-        raise _Refusal(p.ErrorCode.UNSUPPORTED, "sealed-state restore is not enabled")
+    # ------------------------------------------------------------------ sealing
 
-    def _unlock(self, request: p.Unlock) -> p.UnlockReply:
-        raise _Refusal(p.ErrorCode.UNSUPPORTED, "KMS sealing is not enabled")
+    def _require_vault(self) -> Vault:
+        if self._vault is None:
+            raise _Refusal(p.ErrorCode.UNSUPPORTED, "KMS sealing is not enabled")
+        return self._vault
+
+    async def _unlock(self, request: p.Unlock) -> p.UnlockReply:
+        """Get the KMS data key with this enclave's attestation; create or adopt the identity."""
+        connector, key_id = self._kms_connector, self._kms_key_id or request.key_id
+        if connector is None:
+            raise _Refusal(p.ErrorCode.UNSUPPORTED, "KMS sealing is not enabled")
+        if self._vault is not None:
+            if request.wrapped_key == self._vault.wrapped_key:
+                # A parent that lost track (its own restart): same answer, nothing changes.
+                return p.UnlockReply(
+                    request_id=request.request_id,
+                    created=False,
+                    wrapped_key=self._vault.wrapped_key,
+                    sealed_keys=self._vault.seal_identity(self._keys.seed),
+                )
+            raise _Refusal(p.ErrorCode.BAD_REQUEST, "the enclave is already unlocked")
+        if key_id != request.key_id:
+            raise _Refusal(p.ErrorCode.BAD_REQUEST, "key_id differs from the enclave's KMS key")
+        credentials = AwsCredentials(
+            access_key_id=request.aws_access_key_id,
+            secret_access_key=request.aws_secret_access_key,
+            session_token=request.aws_session_token,
+        )
+        recipient = RecipientKey.generate()
+        try:
+            document = self._nsm.attestation(public_key=recipient.public_der())
+        except NsmError as exc:
+            log.error("nsm_attestation_failed", nsm_error=str(exc.code))
+            raise _Refusal(p.ErrorCode.UNAVAILABLE, "attestation unavailable") from None
+        kms = connector(credentials, request.region)
+        try:
+            if request.wrapped_key is None:
+                generated = await asyncio.to_thread(
+                    kms.generate_data_key, key_id=key_id, attestation_document=document
+                )
+                wrapped, for_recipient = (
+                    generated.ciphertext_blob,
+                    generated.ciphertext_for_recipient,
+                )
+            else:
+                wrapped = request.wrapped_key
+                for_recipient = await asyncio.to_thread(
+                    kms.decrypt,
+                    key_id=key_id,
+                    ciphertext_blob=wrapped,
+                    attestation_document=document,
+                )
+            data_key = recipient.unwrap(for_recipient)
+        except KmsError as exc:
+            log.error("kms_refused", reason=exc.reason)
+            if exc.reason == "access_denied":
+                raise _Refusal(
+                    p.ErrorCode.FORBIDDEN, "KMS refused this enclave's attestation"
+                ) from None
+            raise _Refusal(p.ErrorCode.UNAVAILABLE, "KMS unavailable") from None
+        vault = Vault(data_key, wrapped_key=wrapped)
+        if request.wrapped_key is None:
+            sealed_keys = vault.seal_identity(self._keys.seed)
+            created = True
+        else:
+            if request.sealed_keys is None:
+                raise _Refusal(p.ErrorCode.BAD_REQUEST, "sealed_keys missing")
+            try:
+                seed = vault.open_identity(request.sealed_keys)
+            except SealingError:
+                vault.wipe()
+                raise _Refusal(
+                    p.ErrorCode.UNDECRYPTABLE, "the sealed identity does not open"
+                ) from None
+            self._keys = keys_from_seed(seed, with_pq=self._keys.with_pq)
+            self._user_data = encode_user_data(self._keys.public())
+            sealed_keys, created = request.sealed_keys, False
+        self._vault = vault
+        log.info("enclave_unlocked", created=created)
+        return p.UnlockReply(
+            request_id=request.request_id,
+            created=created,
+            wrapped_key=wrapped,
+            sealed_keys=sealed_keys,
+        )
+
+    def _sealed(self, session: Session) -> bytes | None:
+        """The session's state sealed as its next version (None without sealing)."""
+        if self._vault is None:
+            return None
+        ledger = None if self._polling is None else self._polling.trades(session.session_hash)
+        trades = [] if ledger is None else list(ledger)
+        try:
+            return seal_session(self._vault, session, trades)
+        except StateTooLarge:
+            log.error("session_state_too_large", session=_short_hash(session.session_hash))
+            return None
+
+    def _restore(self, request: p.Restore) -> p.RestoreReply:
+        """Install sealed sessions (not revoked, not expired, not older than held ones)."""
+        vault = self._require_vault()
+        if request.revocations is not None:
+            try:
+                self._revocations.merge_sealed(vault, request.revocations)
+            except SealingError:
+                raise _Refusal(
+                    p.ErrorCode.UNDECRYPTABLE, "the revocation list does not open"
+                ) from None
+        now = self._clock()
+        restored = refused = 0
+        for blob in request.sealed:
+            try:
+                rebuilt = open_session(vault, blob)
+            except SealingError:
+                refused += 1
+                continue
+            session = rebuilt.session
+            if session.session_hash in self._revocations or now >= session.expires_at:
+                refused += 1
+                continue
+            if not self._sessions.restore(session):
+                refused += 1
+                continue
+            if self._polling is not None:
+                self._polling.stop(session.session_hash)  # an older copy, if any
+                self._polling.start(
+                    session.session_hash, session.exchange, session.credentials, rebuilt.trades
+                )
+            restored += 1
+        if restored or refused:
+            log.info("sessions_restored", restored=restored, refused=refused)
+        self.counters["restore.sessions"] += restored
+        return p.RestoreReply(request_id=request.request_id, restored=restored, refused=refused)
 
     def _checkpoint(self, request: p.Checkpoint) -> p.CheckpointReply:
-        raise _Refusal(p.ErrorCode.UNSUPPORTED, "KMS sealing is not enabled")
+        """Seal the sessions that changed (polling progress included) since last time."""
+        self._require_vault()
+        if request.max_sessions < 1:
+            raise _Refusal(p.ErrorCode.BAD_REQUEST, "max_sessions must be positive")
+        for session in self._sessions.active(now=self._clock()):
+            self._observe_polling(session)
+        dirty = [s for s in self._sessions.active(now=self._clock()) if s.dirty]
+        states: list[bytes] = []
+        size = 0
+        for session in dirty[: request.max_sessions]:
+            blob = self._sealed(session)
+            if blob is None:
+                continue
+            if states and size + len(blob) > _MAX_CHECKPOINT_BYTES:
+                session.dirty = True  # sealed but not sent: send it next call
+                break
+            states.append(blob)
+            size += len(blob)
+        more = any(s.dirty for s in dirty)
+        return p.CheckpointReply(request_id=request.request_id, states=tuple(states), more=more)
 
     # ------------------------------------------------------------------ reports
 
@@ -479,12 +672,15 @@ class EnclaveService:
                 "merkle_root": payload["merkle_root"],
             },
         )
+        # The report and the state that issued it are stored together by the parent:
+        # a restart can never reuse this seq.
+        sealed_state = self._sealed(session)
         return p.AggregatesReply(
             request_id=request.request_id,
             payload=payload,
             signature=signature,
             merkle_root=payload["merkle_root"],
-            sealed_state=None,
+            sealed_state=sealed_state,
         )
 
     def _commit_trades(self, session: Session) -> int:
@@ -509,6 +705,7 @@ class EnclaveService:
         if key == session.opslog.last_poll_key:
             return
         session.opslog.last_poll_key = key
+        session.dirty = True
         session.opslog.append(
             "poll",
             at=int(self._clock()),
@@ -539,7 +736,8 @@ class EnclaveService:
             entries=opslog.since(request.start, _LOG_PAGE),
             tree_head=tree_head,
             signature=signature,
-            sealed_state=None,
+            # Entries the parent is about to publish must survive a restart.
+            sealed_state=self._sealed(session) if session.dirty else None,
         )
 
     def _disclose_trade(self, request: p.DiscloseTrade) -> p.DiscloseTradeReply:
@@ -600,7 +798,9 @@ class EnclaveService:
         )
         log.info("trade_disclosed", session=_short_hash(session.session_hash))
         return p.DiscloseTradeReply(
-            request_id=request.request_id, envelope=reply.to_wire(), sealed_state=None
+            request_id=request.request_id,
+            envelope=reply.to_wire(),
+            sealed_state=self._sealed(session),
         )
 
     def _figures(self, session: Session) -> dict[str, Any]:
@@ -767,7 +967,7 @@ class EnclaveService:
     def _health(self, request: p.Health) -> p.HealthReply:
         return p.HealthReply(
             request_id=request.request_id,
-            status="ok",
+            status="locked" if self.locked else "ok",
             sessions=self._sessions.active_count(),
             uptime_seconds=int(self._clock() - self._started),
             pcr0=self._pcr0_hex,

@@ -52,6 +52,10 @@ class Session:
     commitments: TradeCommitments = field(default_factory=TradeCommitments)
     aggregator: Aggregator = field(default_factory=Aggregator, repr=False)
     opslog: OpsLog = field(init=False, repr=False)
+    # Sealing (enclave/session_state.py): the version of the last sealed state, and
+    # whether anything worth keeping changed since.
+    state_version: int = field(default=0, init=False)
+    dirty: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.opslog = OpsLog(self.session_hash)
@@ -108,6 +112,18 @@ class SessionTable:
             self._discard(session)
             return False
         session.state = SessionState.ACTIVE
+        return True
+
+    def restore(self, session: Session) -> bool:
+        """Install an ACTIVE session from sealed state unless a newer one is held.
+
+        Its envelope digest joins the replay set (the envelope was accepted once).
+        """
+        held = self._sessions.get(session.session_hash)
+        if held is not None and held.state_version >= session.state_version:
+            return False
+        self._sessions[session.session_hash] = session
+        self._seen_digests.add(session.envelope_digest)
         return True
 
     def discard(self, session_hash: bytes) -> bool:

@@ -598,8 +598,16 @@ class FakePolling:
         self.stopped: list[bytes] = []
         self.trade_list = FakeLedger()
 
-    def start(self, session_hash: bytes, exchange_id: str, credentials: Credentials) -> None:
+    def start(
+        self,
+        session_hash: bytes,
+        exchange_id: str,
+        credentials: Credentials,
+        trades: Collection[Any] = (),
+    ) -> None:
         self.started[session_hash] = (exchange_id, credentials)
+        if trades and not self.trade_list:  # a restored session starts from its trades
+            self.trade_list.extend(trades)
 
     def stop(self, session_hash: bytes) -> bool:
         self.stopped.append(session_hash)

@@ -46,7 +46,7 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -62,6 +62,7 @@ from enclave.exchanges.client import (
 from enclave.exchanges.history import (
     HistoryConfig,
     HistoryFetcher,
+    Trade,
     TradeLedger,
     history_fetcher_for,
 )
@@ -362,8 +363,19 @@ class PollingManager:
         self._throttlers.setdefault(exchange_id, getattr(exchange, "throttler", None))
         return exchange
 
-    def start(self, session_hash: bytes, exchange_id: str, credentials: Credentials) -> None:
-        """Begin polling a confirmed session (no-op if it is already polled)."""
+    def start(
+        self,
+        session_hash: bytes,
+        exchange_id: str,
+        credentials: Credentials,
+        trades: Iterable[Trade] = (),
+    ) -> None:
+        """Begin polling a confirmed session (no-op if it is already polled).
+
+        ``trades`` are those read before a restart (restored from sealed state), in read
+        order: the ledger starts with them, so nothing is counted twice and the Merkle
+        tree continues in the same order.
+        """
         if session_hash in self._entries:
             return
         if exchange_id != credentials.exchange:
@@ -391,8 +403,16 @@ class PollingManager:
             )
             return
         fetcher = history_fetcher_for(exchange_id, exchange, self._history)
+        ledger = TradeLedger()
+        for trade in trades:
+            ledger.add(trade)
         poller = SessionPoller(
-            fetcher, policy=self._policy, clock=self._clock, sleep=self._sleep, tag=tag
+            fetcher,
+            policy=self._policy,
+            clock=self._clock,
+            sleep=self._sleep,
+            tag=tag,
+            ledger=ledger,
         )
         entry = _Entry(poller=poller, task=None, exchange=exchange)
         entry.task = asyncio.get_running_loop().create_task(self._run(entry), name=f"poller-{tag}")
