@@ -21,8 +21,11 @@
 # Nitro Enclaves enabled or a build host with aws-nitro-enclaves-cli; stops before doing
 # anything when a tool is missing.
 #
-# Environment: SOURCE_DATE_EPOCH (default 315532800, 1980-01-01: build outputs do not
-# depend on when they were built); PYTHON (default .venv/bin/python, else python3).
+# Environment: KMS_KEY_ID (required: the full ARN of the sealing key, baked into the
+# measured image so that the enclave unlocks with that key only; create the key first,
+# docs/deploy.md step 4); SOURCE_DATE_EPOCH (default 315532800, 1980-01-01: build
+# outputs do not depend on when they were built); PYTHON (default .venv/bin/python,
+# else python3).
 set -euo pipefail
 
 readonly EIF_NAME="perf-aggregator.eif"
@@ -94,6 +97,9 @@ aws_region="$(env_value AWS_REGION)"
 egress_allowlist="$(env_value EGRESS_ALLOWLIST)"
 [[ -n "${aws_region}" ]] || die "${egress_env} sets no AWS_REGION"
 [[ -n "${egress_allowlist}" ]] || die "${egress_env} sets no EGRESS_ALLOWLIST"
+kms_key_id="${KMS_KEY_ID:-}"
+[[ "${kms_key_id}" == arn:aws*:kms:*:key/* ]] \
+    || die "set KMS_KEY_ID to the full ARN of the sealing key (arn:aws:kms:REGION:ACCOUNT:key/ID); it is baked into the measured image"
 # The enclave needs KMS for sealing: the list must allow KMS in that region.
 PYTHONPATH="${repo}" "${python}" - "${aws_region}" "${egress_allowlist}" <<'PY' || die "invalid ${egress_env}"
 import sys
@@ -133,6 +139,7 @@ docker buildx build \
     --build-arg "SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH}" \
     --build-arg "AWS_REGION=${aws_region}" \
     --build-arg "EGRESS_ALLOWLIST=${egress_allowlist}" \
+    --build-arg "KMS_KEY_ID=${kms_key_id}" \
     --provenance=false \
     --output "type=docker,name=${image},rewrite-timestamp=true" \
     "${context}"

@@ -86,6 +86,18 @@ class EnclaveConfig:
     # TLS (the fake exchanges' test CA). Security: refused in production, where only
     # the CA bundle baked into the image is trusted.
     exchange_ca_file: Path | None = None
+    # SEALING (production: kms, simulator: off): "kms" seals the identity and every
+    # session under an AWS KMS data key released only to this measurement, so restarts
+    # and replicas lose nothing; the enclave then serves nothing until unlocked.
+    # Security: production refuses "off" (sessions would die with the process).
+    sealing: str = "off"
+    # KMS_KEY_ID (required with SEALING=kms): the only key the enclave unlocks with,
+    # pinned in the measured image (a full key ARN in production) so a parent cannot
+    # point it at a key in another account.
+    kms_key_id: str | None = None
+    # KMS_CA_FILE (simulator only, default unset): the KMS simulator's test CA. Security:
+    # refused in production, where KMS TLS is verified against the image's CA bundle.
+    kms_ca_file: Path | None = None
 
     @property
     def egress_address(self) -> VsockAddress:
@@ -149,7 +161,12 @@ class EnclaveConfig:
             proxy_port=integer("ENCLAVE_PROXY_PORT", 0, 0, 65535),
             egress_allowlist=_allowlist(env.get("EGRESS_ALLOWLIST")),
             exchange_ca_file=_exchange_ca(env.get("EXCHANGE_CA_FILE"), mode),
+            sealing=_sealing(env.get("SEALING"), mode),
+            kms_key_id=env.get("KMS_KEY_ID") or None,
+            kms_ca_file=_exchange_ca(env.get("KMS_CA_FILE"), mode, name="KMS_CA_FILE"),
         )
+        if config.sealing == "kms" and not config.kms_key_id:
+            raise ValueError("SEALING=kms needs KMS_KEY_ID")
         if config.min_ttl_seconds > config.max_ttl_seconds:
             raise ValueError("MIN_TTL_SECONDS must not exceed MAX_TTL_SECONDS")
         if transport == "tcp-sim" and not port_map:
@@ -176,12 +193,21 @@ def _allowlist(value: str | None) -> Allowlist:
         raise ValueError(f"EGRESS_ALLOWLIST: {exc}") from None
 
 
-def _exchange_ca(value: str | None, mode: Mode) -> Path | None:
+def _exchange_ca(value: str | None, mode: Mode, *, name: str = "EXCHANGE_CA_FILE") -> Path | None:
     if value is None or not value.strip():
         return None
     if mode is Mode.PRODUCTION:
-        raise ValueError("EXCHANGE_CA_FILE is a simulator setting; refused in production")
+        raise ValueError(f"{name} is a simulator setting; refused in production")
     path = Path(value)
     if not path.is_file():
-        raise ValueError("EXCHANGE_CA_FILE does not name a file")
+        raise ValueError(f"{name} does not name a file")
     return path
+
+
+def _sealing(value: str | None, mode: Mode) -> str:
+    sealing = value or ("kms" if mode is Mode.PRODUCTION else "off")
+    if sealing not in ("kms", "off"):
+        raise ValueError("SEALING must be 'kms' or 'off'")
+    if mode is Mode.PRODUCTION and sealing != "kms":
+        raise ValueError("production requires SEALING=kms: sessions must survive a restart")
+    return sealing

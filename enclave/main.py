@@ -24,6 +24,7 @@ from enclave.egress import EgressProxy
 from enclave.exchanges.client import ClientSettings, exchange_tls_context
 from enclave.exchanges.polling import PollingManager
 from enclave.keys import boot_keys
+from enclave.kms import AwsCredentials, Boto3Kms, KmsPort
 from enclave.measurement import simulated_pcrs
 from enclave.nsm import DevNsm, NsmClient, NsmDevice
 from enclave.nsm_simulator import NsmSimulator
@@ -83,6 +84,20 @@ async def run(config: EnclaveConfig, *, stop: asyncio.Event | None = None) -> No
             proxy_url=egress.url,
         )
     )
+    kms_connector = None
+    if config.sealing == "kms":
+        kms_ca_file = config.kms_ca_file
+
+        def kms_connector(credentials: AwsCredentials, region: str) -> KmsPort:
+            # KMS is reached like the exchanges: through the enclave's own CONNECT proxy
+            # (allowlist), the parent's egress, TLS verified and ended in here.
+            return Boto3Kms(
+                credentials=credentials,
+                region=region,
+                proxy_url=egress.url,
+                ca_file=kms_ca_file,
+            )
+
     service = EnclaveService(
         nsm=nsm,
         keys=keys,
@@ -94,6 +109,8 @@ async def run(config: EnclaveConfig, *, stop: asyncio.Event | None = None) -> No
             max_envelope_age_seconds=config.max_envelope_age_seconds,
         ),
         polling=polling,
+        kms=kms_connector,
+        kms_key_id=config.kms_key_id,
     )
     server = RpcServer(service.handle)
     await server.start(transport, config.rpc_address)
@@ -104,6 +121,7 @@ async def run(config: EnclaveConfig, *, stop: asyncio.Event | None = None) -> No
         pcr0=pcr0.hex(),
         pq=keys.pq_public() is not None,
         egress_proxy=egress.url,
+        sealing=config.sealing,
     )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -484,18 +484,26 @@ class EnclaveService:
         connector, key_id = self._kms_connector, self._kms_key_id or request.key_id
         if connector is None:
             raise _Refusal(p.ErrorCode.UNSUPPORTED, "KMS sealing is not enabled")
+        if key_id != request.key_id:
+            raise _Refusal(p.ErrorCode.BAD_REQUEST, "key_id differs from the enclave's KMS key")
         if self._vault is not None:
-            if request.wrapped_key == self._vault.wrapped_key:
-                # A parent that lost track (its own restart): same answer, nothing changes.
+            if request.wrapped_key is None or request.wrapped_key == self._vault.wrapped_key:
+                # A parent that lost track (it restarted, or never stored the identity it
+                # asked for): the identity in use, to store if it has none.
                 return p.UnlockReply(
                     request_id=request.request_id,
-                    created=False,
+                    created=request.wrapped_key is None,
                     wrapped_key=self._vault.wrapped_key,
                     sealed_keys=self._vault.seal_identity(self._keys.seed),
                 )
-            raise _Refusal(p.ErrorCode.BAD_REQUEST, "the enclave is already unlocked")
-        if key_id != request.key_id:
-            raise _Refusal(p.ErrorCode.BAD_REQUEST, "key_id differs from the enclave's KMS key")
+            if len(self._sessions):
+                # Sessions are bound to the identity in use (envelopes, signatures).
+                raise _Refusal(
+                    p.ErrorCode.BAD_REQUEST, "already serving sessions under another identity"
+                )
+            # A parent that lost the race to store a new identity: adopt the winner's.
+            self._vault.wipe()
+            self._vault = None
         credentials = AwsCredentials(
             access_key_id=request.aws_access_key_id,
             secret_access_key=request.aws_secret_access_key,

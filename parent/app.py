@@ -2,8 +2,9 @@
 
 ``create_app`` wires the routes of the public API (DESIGN.md section 5, a CONTRACT),
 the middleware pipeline and the TTL purge around the ports it is given: a store, an
-enclave client and, optionally, a session-log reader. It picks no adapter and reads
-no environment: ``parent.main`` (the composition root) does that. Handlers live in
+enclave client and, optionally, a session-log reader and the sealed-state readiness
+(``parent.enclave_supervisor``, which ``/readyz`` consults). It picks no adapter and
+reads no environment: ``parent.main`` (the composition root) does that. Handlers live in
 ``parent.api``, one module per job.
 """
 
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from parent.api import attestation, logs, operations, records, sessions
 from parent.api.middlewares import cors, errors, observe, rate_limit
+from parent.api.operations import READINESS, Readiness
 from parent.api.purge import purge_context
 from parent.api.services import SERVICES, EnclavePort, Services, SessionLogSource
 from parent.config import ParentConfig
@@ -42,11 +44,13 @@ def create_app(
     clock: Callable[[], datetime] = _utc_now,
     monotonic: Callable[[], float] = time.monotonic,
     run_purge: bool = True,
+    readiness: Readiness | None = None,
 ) -> web.Application:
     """Build the HTTPS API application (serve it with an ssl context; it never runs plain HTTP).
 
     ``clock`` (timezone-aware UTC) decides expiry; ``monotonic`` drives the rate limiter.
-    ``run_purge`` starts the TTL purge task with the app.
+    ``run_purge`` starts the TTL purge task with the app. ``readiness`` (sealing on)
+    keeps ``/readyz`` at 503 until the enclave is unlocked and restored.
     """
     app = web.Application(
         # Outermost first: the request id and log line cover everything below, CORS
@@ -72,6 +76,8 @@ def create_app(
         max_ttl_seconds=config.max_ttl_seconds,
         max_body_bytes=config.max_body_bytes,
     )
+    if readiness is not None:
+        app[READINESS] = readiness
     app[OPENAPI_KEY] = spec
     app[DOCS_KEY] = render_docs(spec)
     # allow_head=False: the API surface is exactly what the OpenAPI document lists.

@@ -131,6 +131,33 @@ class ParentConfig:
     # where the egress connects for an allow-listed name (fake exchanges on loopback).
     # The enclave still verifies TLS for the real name. Security: refused in production.
     egress_host_overrides: Mapping[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+    # SEALING (default "kms"): "kms" = the enclave seals its identity and every session's
+    # state under a KMS data key; the parent unlocks a (re)started enclave, replays the
+    # stored state and checkpoints it (parent/enclave_supervisor.py). "off" = no sealing:
+    # an enclave restart loses every session. Security: "off" is refused in production;
+    # with "kms" no session is served until the enclave is unlocked and restored, and a
+    # KMS refusal keeps the API at 503 rather than running unsealed (fail closed).
+    sealing: Literal["kms", "off"] = "kms"
+    # KMS_KEY_ID (required with SEALING=kms): id, ARN or alias of the KMS key whose policy
+    # releases data keys only to the measured enclave (PCR0). Security: public; the key
+    # policy, not this value, protects the key. Changing it orphans the stored identity.
+    kms_key_id: str | None = None
+    # AWS_REGION (required with SEALING=kms): the KMS key's region, handed to the enclave.
+    aws_region: str | None = None
+    # AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN (development only;
+    # default unset = boto3's default credential chain, i.e. the instance role through
+    # IMDS on EC2): the credentials the parent hands the enclave for its KMS calls
+    # (the KMS simulator's in development). Security: never logged, not in the repr;
+    # refused in production, where short-lived role credentials are fetched afresh for
+    # every unlock. They grant only what the key policy allows, and KMS answers only an
+    # attested enclave.
+    aws_access_key_id: str | None = field(default=None, repr=False)
+    aws_secret_access_key: str | None = field(default=None, repr=False)
+    aws_session_token: str | None = field(default=None, repr=False)
+    # CHECKPOINT_INTERVAL_SECONDS (default 10): how often the parent asks the enclave for
+    # the sealed states of sessions that changed and stores them. Security: bounds the
+    # polling progress an enclave crash can lose (a report's state is stored with it).
+    checkpoint_interval_seconds: int = 10
 
     @property
     def egress_address(self) -> VsockAddress:
@@ -193,6 +220,26 @@ class ParentConfig:
                 "MODE=production refuses generated certificates; set TLS_CERT_FILE and TLS_KEY_FILE"
             )
 
+        sealing = text("SEALING") or "kms"
+        if sealing not in ("kms", "off"):
+            raise ConfigError("SEALING must be 'kms' or 'off'")
+        if production and sealing == "off":
+            raise ConfigError("MODE=production refuses SEALING=off; set SEALING=kms and KMS_KEY_ID")
+        kms_key_id = _kms_key_id(text("KMS_KEY_ID"))
+        aws_region = _aws_region(text("AWS_REGION"))
+        if sealing == "kms" and kms_key_id is None:
+            raise ConfigError(
+                "SEALING=kms needs KMS_KEY_ID (SEALING=off is allowed in development only)"
+            )
+        if sealing == "kms" and aws_region is None:
+            raise ConfigError("SEALING=kms needs AWS_REGION (the KMS key's region)")
+        access_key_id, secret_access_key, session_token = _aws_credentials(
+            text("AWS_ACCESS_KEY_ID"),
+            text("AWS_SECRET_ACCESS_KEY"),
+            text("AWS_SESSION_TOKEN"),
+            production=production,
+        )
+
         config = cls(
             mode=mode,
             host=_host(text("HOST") or "127.0.0.1"),
@@ -218,6 +265,13 @@ class ParentConfig:
             ),
             egress_allowlist=_allowlist(text("EGRESS_ALLOWLIST")),
             egress_host_overrides=_overrides(text("EGRESS_HOST_OVERRIDES"), production=production),
+            sealing="kms" if sealing == "kms" else "off",
+            kms_key_id=kms_key_id,
+            aws_region=aws_region,
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            aws_session_token=session_token,
+            checkpoint_interval_seconds=integer("CHECKPOINT_INTERVAL_SECONDS", 10, 1, 3600),
         )
         for target in config.egress_host_overrides:
             if not config.egress_allowlist.is_allowed(*target):
@@ -265,6 +319,58 @@ def _overrides(value: str | None, *, production: bool) -> dict[tuple[str, int], 
         return parse_host_overrides(value)
     except ValueError as exc:
         raise ConfigError(f"EGRESS_HOST_OVERRIDES: {exc}") from None
+
+
+# KMS KeyId forms: key id (uuid or mrk-...), key ARN, alias name or alias ARN (KMS API
+# reference, "KeyId"); at most 2048 characters.
+_KMS_KEY_ID = re.compile(r"\A[A-Za-z0-9:/_.+=@-]{1,2048}\Z")
+_AWS_REGION = re.compile(r"\A[a-z]{2}(-[a-z0-9]+)+\Z")
+# Printable ASCII without spaces: access key ids, secrets and session tokens all are.
+_AWS_TOKEN = re.compile(r"\A[!-~]+\Z")
+
+
+def _kms_key_id(value: str | None) -> str | None:
+    if value is not None and not _KMS_KEY_ID.match(value):
+        raise ConfigError("KMS_KEY_ID must be a KMS key id, key ARN, alias or alias ARN")
+    return value
+
+
+def _aws_region(value: str | None) -> str | None:
+    if value is not None and (len(value) > 32 or not _AWS_REGION.match(value)):
+        raise ConfigError("AWS_REGION must be an AWS region name (e.g. eu-west-1)")
+    return value
+
+
+def _aws_credentials(
+    access_key_id: str | None,
+    secret_access_key: str | None,
+    session_token: str | None,
+    *,
+    production: bool,
+) -> tuple[str | None, str | None, str | None]:
+    values = {
+        "AWS_ACCESS_KEY_ID": access_key_id,
+        "AWS_SECRET_ACCESS_KEY": secret_access_key,
+        "AWS_SESSION_TOKEN": session_token,
+    }
+    given = [name for name, value in values.items() if value is not None]
+    if not given:
+        return None, None, None
+    if production:
+        raise ConfigError(
+            f"MODE=production takes AWS credentials from the instance role; {given[0]} is refused"
+        )
+    if access_key_id is None or secret_access_key is None:
+        raise ConfigError("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together")
+    # Values are never echoed: the secret and the token are credentials.
+    for name, value, limit in (
+        ("AWS_ACCESS_KEY_ID", access_key_id, 128),
+        ("AWS_SECRET_ACCESS_KEY", secret_access_key, 256),
+        ("AWS_SESSION_TOKEN", session_token, 8192),
+    ):
+        if value is not None and (len(value) > limit or not _AWS_TOKEN.match(value)):
+            raise ConfigError(f"{name} must be 1..{limit} printable characters without spaces")
+    return access_key_id, secret_access_key, session_token
 
 
 def _host(value: str) -> str:

@@ -5,11 +5,13 @@
     logging -> TLS files + SSL context -> database (DATABASE_URL, or the embedded
     PostgreSQL under STATE_DIR, migrated) -> Store (app_service role) -> enclave client
     (vsock or tcp-sim, connecting in the background) -> egress proxy for the enclave
-    (allowlist) -> aiohttp app (+ TTL purge) -> HTTPS site on HOST:ENCLAVE_PORT
+    (allowlist) -> enclave supervisor (SEALING=kms: unlock, restore, checkpoint) ->
+    aiohttp app (+ TTL purge) -> HTTPS site on HOST:ENCLAVE_PORT
 
 and runs until cancelled, then tears everything down in reverse. The parent starts
 even when the enclave is not up yet: enclave-backed requests answer 503 until the
-client's background reconnect succeeds.
+client's background reconnect succeeds and, with sealing, until the supervisor has
+unlocked the enclave and restored every stored session (``/readyz`` says which).
 
 With ``DATABASE_URL`` the process connects with that URL (meant to be the
 ``app_service`` role) and does not migrate: app_service cannot run DDL by design, and
@@ -26,12 +28,14 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
+from parent.api.services import EnclavePort
 from parent.app import create_app
-from parent.config import Mode, ParentConfig
+from parent.config import ConfigError, Mode, ParentConfig
 from parent.db.embedded import EmbeddedPostgres
 from parent.db.store import Store
 from parent.egress import ParentEgress
 from parent.enclave_client import EnclaveClient
+from parent.enclave_supervisor import EnclaveSupervisor, credentials_from_config
 from parent.metrics import ApiMetrics
 from parent.tls import TlsFiles, ensure_dev_certificates, server_ssl_context
 from shared.io.transport import VMADDR_CID_ANY, VsockAddress, transport_from_config
@@ -94,8 +98,29 @@ async def serve(config: ParentConfig) -> None:
             registry=metrics.registry,
         )
         await egress.start()
+        supervisor: EnclaveSupervisor | None = None
+        api_enclave: EnclavePort = enclave
+        if config.sealing == "kms":
+            if config.kms_key_id is None or config.aws_region is None:
+                # from_env refuses this; a config built by hand must not slip through.
+                raise ConfigError("SEALING=kms needs KMS_KEY_ID and AWS_REGION")
+            supervisor = EnclaveSupervisor(
+                enclave,
+                store,
+                key_id=config.kms_key_id,
+                region=config.aws_region,
+                credentials=credentials_from_config(config),
+                metrics=metrics,
+                checkpoint_interval=config.checkpoint_interval_seconds,
+            )
+            api_enclave = supervisor.gate(enclave)
+            await supervisor.start()
+        else:
+            log.warning("sealing_off", consequence="an enclave restart loses every session")
         try:
-            app = create_app(config, store=store, enclave=enclave, metrics=metrics)
+            app = create_app(
+                config, store=store, enclave=api_enclave, metrics=metrics, readiness=supervisor
+            )
             # access_log=None: our own request log line replaces aiohttp's, which
             # would print concrete paths (and so session ids).
             runner = web.AppRunner(app, access_log=None)
@@ -111,12 +136,15 @@ async def serve(config: ParentConfig) -> None:
                     transport=config.transport,
                     enclave=str(config.enclave_address),
                     database="external" if config.database_url else "embedded",
+                    sealing=config.sealing,
                     ca_file=None if files.ca_file is None else str(files.ca_file),
                 )
                 await asyncio.Event().wait()  # until cancelled
             finally:
                 await runner.cleanup()
         finally:
+            if supervisor is not None:
+                await supervisor.close()
             await egress.close()
             await enclave.close()
             log.info("stopped")

@@ -19,6 +19,9 @@ UNMATCHED_ROUTE = "<unmatched>"
 
 # Latency buckets for an API whose calls cross vsock and PostgreSQL: 1 ms .. 10 s.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Enclave recovery (locked seen -> every stored session restored): a KMS round trip plus
+# the replay, from under a second to minutes with retries.
+_RECOVERY_BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
 class ApiMetrics:
@@ -65,6 +68,50 @@ class ApiMetrics:
         self.rate_limited_requests = Counter(
             "rate_limited_requests_total",
             "Requests refused with 429 by the per-client rate limit.",
+            registry=self.registry,
+        )
+        # Sealed state (parent/enclave_supervisor.py). Labels are fixed words.
+        self.enclave_ready = Gauge(
+            "enclave_ready",
+            "1 while the enclave is unlocked and every stored session restored, else 0.",
+            registry=self.registry,
+        )
+        self.enclave_recovery_seconds = Histogram(
+            "enclave_recovery_seconds",
+            "Time from seeing the enclave locked (started or restarted) to every stored"
+            " session restored.",
+            buckets=_RECOVERY_BUCKETS,
+            registry=self.registry,
+        )
+        self.enclave_last_recovery_seconds = Gauge(
+            "enclave_last_recovery_seconds",
+            "Duration of the latest enclave recovery (locked seen -> all sessions restored).",
+            registry=self.registry,
+        )
+        self.enclave_restored_sessions = Counter(
+            "enclave_restored_sessions_total",
+            "Sealed session states replayed into the enclave, by outcome (restored, refused).",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self.enclave_recovery_failures = Counter(
+            "enclave_recovery_failures_total",
+            "Failed unlock or restore attempts by reason (e.g. unlock_forbidden: KMS refused"
+            " the attestation; unlock_unavailable: KMS unreachable; database).",
+            ("reason",),
+            registry=self.registry,
+        )
+        self.sealed_states_stored = Counter(
+            "sealed_states_stored_total",
+            "Sealed session states written to the database, by source"
+            " (confirm, aggregates, logs, disclose, checkpoint).",
+            ("source",),
+            registry=self.registry,
+        )
+        self.sealed_states_refused = Counter(
+            "sealed_states_refused_total",
+            "Sealed blobs from the enclave refused (malformed, or naming another session).",
+            ("source",),
             registry=self.registry,
         )
 

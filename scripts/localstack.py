@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -46,6 +47,9 @@ from shared.merkle import trade_set_digest
 __all__ = ["LocalStack", "StackError", "main", "report_rows"]
 
 ENCLAVE_CID = 16
+KMS_REGION = "us-east-1"
+KMS_HOST = f"kms.{KMS_REGION}.amazonaws.com"
+KMS_KEY_ID = "perf-aggregator-local-sealing"
 ENCLAVE_RPC_PORT = 5000
 PARENT_CID = 3
 FIRST_POLL_DEADLINE_S = 150.0
@@ -77,9 +81,12 @@ class LocalStack:
         egress_tcp_port: int | None = None,
         extra_env: Mapping[str, str] | None = None,
         enclave_extra_allow: tuple[str, ...] = (),
+        sealing: bool = True,
     ) -> None:
         """``enclave_extra_allow``: allowlist entries the enclave has and the parent does
-        not, for tests of the parent's own refusal."""
+        not, for tests of the parent's own refusal. ``sealing``: run the KMS simulator and
+        seal enclave state under it (the product's default; off only for tests that
+        need an enclave without KMS)."""
         self.state_dir = state_dir.resolve()
         self.parent_port = parent_port
         self.enclave_tcp_port = enclave_tcp_port
@@ -90,6 +97,10 @@ class LocalStack:
         self.log_dir = self.state_dir / "logs"
         self.fakes_dir = self.state_dir / "fakes"
         self.fakes: subprocess.Popen[bytes] | None = None
+        self.sealing = sealing
+        self.kms_dir = self.state_dir / "kms"
+        self.kms: subprocess.Popen[bytes] | None = None
+        self.kms_port: int | None = None
         self.enclave: subprocess.Popen[bytes] | None = None
         self.parent: subprocess.Popen[bytes] | None = None
         self._logs: list[IO[bytes]] = []
@@ -184,6 +195,38 @@ class LocalStack:
                 f"{e['host']}:443=127.0.0.1:{e['port']}" for e in exchanges.values()
             )
             env["EXCHANGE_CA_FILE"] = str(self.fakes_info()["ca_file"])
+        if self.sealing:
+            # KMS is reached like an exchange: allow-listed on both sides, its real name
+            # mapped to the local simulator by the parent's egress, TLS checked against
+            # the simulator's test CA inside the enclave.
+            env |= {
+                "SEALING": "kms",
+                "KMS_KEY_ID": KMS_KEY_ID,
+                "AWS_REGION": KMS_REGION,
+                "KMS_CA_FILE": str(self.kms_dir / "tls" / "ca.pem"),
+                "CHECKPOINT_INTERVAL_SECONDS": "2",
+            }
+            env["EGRESS_ALLOWLIST"] = ",".join(
+                filter(None, [env.get("EGRESS_ALLOWLIST", ""), f"{KMS_HOST}:443"])
+            )
+            if self.kms_port is not None:
+                env["EGRESS_HOST_OVERRIDES"] = ",".join(
+                    filter(
+                        None,
+                        [
+                            env.get("EGRESS_HOST_OVERRIDES", ""),
+                            f"{KMS_HOST}:443=127.0.0.1:{self.kms_port}",
+                        ],
+                    )
+                )
+            if process == "parent":
+                credentials = json.loads((self.kms_dir / "credentials.json").read_text())
+                env["AWS_ACCESS_KEY_ID"] = credentials["access_key_id"]
+                env["AWS_SECRET_ACCESS_KEY"] = credentials["secret_access_key"]
+            if process != "enclave":
+                env.pop("KMS_CA_FILE")
+        else:
+            env["SEALING"] = "off"
         env.update(self.extra_env)
         if process == "enclave" and self.enclave_extra_allow:
             env["EGRESS_ALLOWLIST"] = ",".join(
@@ -219,6 +262,51 @@ class LocalStack:
                 raise StackError("fake exchanges not ready within 60 s")
             time.sleep(0.05)
 
+    def prepare_kms(self) -> None:
+        """The KMS simulator's test CA and SigV4 credentials (before the enclave starts:
+        its configuration names the CA file)."""
+        if (self.kms_dir / "credentials.json").exists():
+            return
+        from tests.fakes.exchanges.common import create_fake_tls  # test fakes, dev only
+
+        create_fake_tls(self.kms_dir / "tls", hostnames=(KMS_HOST,))
+        credentials = {
+            "access_key_id": "AKIALOCALSTACK" + secrets.token_hex(3).upper(),
+            "secret_access_key": secrets.token_urlsafe(30),
+        }
+        path = self.kms_dir / "credentials.json"
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(credentials))
+
+    def start_kms(self) -> None:
+        """Start the KMS simulator with a key policy on the enclave's PCR0-2 (after the
+        enclave wrote its NSM root and expected PCRs); wait for its ready line."""
+        policy = {"key_id": KMS_KEY_ID, "pcrs": json.loads(self.pcrs_file.read_text())}
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.log_dir / "kms.log").open("ab")
+        self._logs.append(log)
+        self.kms = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [
+                sys.executable, "-m", "tests.fakes.kms", "serve",
+                "--root", str(self.nsm_root_file),
+                "--policy", json.dumps(policy),
+                "--cert", str(self.kms_dir / "tls" / "fake-exchanges.pem"),
+                "--key", str(self.kms_dir / "tls" / "fake-exchanges.pem"),
+                "--state", str(self.kms_dir),
+                "--region", KMS_REGION,
+                "--credentials", str(self.kms_dir / "credentials.json"),
+            ],
+            env=self._env("kms"),
+            stdout=subprocess.PIPE,
+            stderr=log,
+            cwd=Path.cwd(),
+        )  # fmt: skip
+        assert self.kms.stdout is not None
+        line = self.kms.stdout.readline()
+        if not line:
+            raise StackError(f"KMS simulator exited:\n{self.log_tail('kms')}")
+        self.kms_port = int(json.loads(line)["port"])
+
     def start_enclave(self) -> None:
         """Start the enclave process and wait until its RPC port accepts connections."""
         self.enclave = self._spawn("enclave")
@@ -242,10 +330,14 @@ class LocalStack:
         self.wait_ready(timeout=timeout)
 
     def start(self) -> None:
-        """Enclave first (the parent would answer 503 until it is up), then the parent."""
+        """Fakes, enclave, KMS simulator, then the parent (it unlocks the enclave)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.start_fakes()
+        if self.sealing:
+            self.prepare_kms()
         self.start_enclave()
+        if self.sealing:
+            self.start_kms()
         self.start_parent()
 
     def wait_ready(self, *, timeout: float = 90.0) -> None:
@@ -280,10 +372,10 @@ class LocalStack:
 
     def stop(self) -> None:
         """SIGTERM both processes (parent first), then SIGKILL what is left after 15 s."""
-        for proc in (self.parent, self.enclave, self.fakes):
+        for proc in (self.parent, self.enclave, self.kms, self.fakes):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in (self.parent, self.enclave, self.fakes):
+        for proc in (self.parent, self.enclave, self.kms, self.fakes):
             if proc is None:
                 continue
             try:

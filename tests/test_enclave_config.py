@@ -37,11 +37,44 @@ def test_production_refuses_the_tcp_simulator() -> None:
         EnclaveConfig.from_env({**SIM, "ENCLAVE_MODE": "production"})
 
 
+KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-0000-0000-000000000000"
+
+
 def test_production_with_vsock_is_accepted() -> None:
-    """Production + vsock + no port map is the Nitro configuration."""
-    config = EnclaveConfig.from_env({"ENCLAVE_MODE": "production", "ENCLAVE_TRANSPORT": "vsock"})
+    """Production + vsock + a pinned KMS key is the Nitro configuration (sealing on)."""
+    config = EnclaveConfig.from_env(
+        {"ENCLAVE_MODE": "production", "ENCLAVE_TRANSPORT": "vsock", "KMS_KEY_ID": KEY_ARN}
+    )
     assert config.mode is Mode.PRODUCTION
     assert config.transport == "vsock"
+    assert (config.sealing, config.kms_key_id) == ("kms", KEY_ARN)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ENCLAVE_MODE": "production", "ENCLAVE_TRANSPORT": "vsock"}, "needs KMS_KEY_ID"),
+        (
+            {"ENCLAVE_MODE": "production", "ENCLAVE_TRANSPORT": "vsock", "SEALING": "off"},
+            "production requires SEALING=kms",
+        ),
+        ({"SEALING": "maybe"}, "SEALING must be"),
+        (
+            {"ENCLAVE_MODE": "production", "ENCLAVE_TRANSPORT": "vsock", "KMS_KEY_ID": KEY_ARN,
+             "KMS_CA_FILE": "/etc/hosts"},
+            "KMS_CA_FILE is a simulator setting",
+        ),
+    ],
+)  # fmt: skip
+def test_sealing_settings_fail_closed(env: dict[str, str], message: str) -> None:
+    """Production cannot run unsealed or trust a test CA for KMS; a bad value is named."""
+    with pytest.raises(ValueError, match=message):
+        EnclaveConfig.from_env(env)
+
+
+def test_simulator_defaults_to_no_sealing() -> None:
+    """Without SEALING the simulator runs unsealed (the local stack turns it on)."""
+    assert EnclaveConfig.from_env({}).sealing == "off"
 
 
 @pytest.mark.parametrize(

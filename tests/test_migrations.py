@@ -67,6 +67,8 @@ def test_apply_from_scratch(empty_db: str) -> None:
     for table in ("users", "sessions", "credentials", "aggregates", "merkle_logs", "ops_logs"):
         assert _table_exists(empty_db, table)
     assert _table_exists(empty_db, "records")
+    for table in ("enclave_identity", "sealed_sessions", "sealed_revocations"):
+        assert _table_exists(empty_db, table)
     expected = [(m.name, hashlib.sha256(m.sql.encode()).digest()) for m in load_migrations()]
     assert _applied(empty_db) == expected
 
@@ -170,7 +172,9 @@ def test_every_session_foreign_key_cascades(pg_db: PgDatabase) -> None:
     """Every table that references sessions is ON DELETE CASCADE, so revoke and purge reach it.
 
     merkle_logs and the transparency rows of ops_logs are keyed by the session hash
-    instead (migration 0003): the signed log outlives its session, by design.
+    instead (migration 0003): the signed log outlives its session, by design. The
+    sealed state (0004) references the hash too, but cascades: a revoked session must
+    leave nothing to restore.
     """
     with psycopg.connect(pg_db.admin_conninfo) as conn:
         rows = conn.execute(
@@ -186,6 +190,7 @@ def test_every_session_foreign_key_cascades(pg_db: PgDatabase) -> None:
         "credentials",
         "ops_logs",
         "records",
+        "sealed_sessions",
     }
     assert {action for _, action in rows} == {"c"}
 
@@ -225,6 +230,67 @@ def test_roles_are_least_privilege(pg_db: PgDatabase) -> None:
         ("app_service", True, False, False, False, False),
         ("operator_readonly", False, False, False, False, False),
     ]
+
+
+_SEALED_TABLES = {
+    "enclave_identity": ("singleton", "key_id", "wrapped_key", "sealed_keys", "created_at"),
+    "sealed_sessions": ("session_hash", "version", "expires_at", "sealed", "updated_at"),
+    "sealed_revocations": ("singleton", "version", "sealed", "updated_at"),
+}
+
+
+def test_sealed_state_privileges_are_least(pg_db: PgDatabase) -> None:
+    """app_service writes the identity once and upserts states; the operator reads no blob."""
+    with psycopg.connect(pg_db.admin_conninfo) as conn:
+
+        def table_privileges(role: str, table: str) -> set[str]:
+            return {
+                privilege
+                for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES")
+                if conn.execute(
+                    "SELECT has_table_privilege(%s, %s, %s)", (role, table, privilege)
+                ).fetchone()
+                == (True,)
+            }
+
+        def columns(role: str, table: str, privilege: str) -> set[str]:
+            return {
+                column
+                for column in _SEALED_TABLES[table]
+                if conn.execute(
+                    "SELECT has_column_privilege(%s, %s, %s, %s)", (role, table, column, privilege)
+                ).fetchone()
+                == (True,)
+            }
+
+        app = {table: table_privileges("app_service", table) for table in _SEALED_TABLES}
+        assert app == {
+            "enclave_identity": {"SELECT", "INSERT"},  # written once, never replaced
+            "sealed_sessions": {"SELECT", "INSERT"},  # deleted only by the cascade
+            "sealed_revocations": {"SELECT", "INSERT"},
+        }
+        assert columns("app_service", "enclave_identity", "UPDATE") == set()
+        assert columns("app_service", "sealed_sessions", "UPDATE") == {
+            "version",
+            "expires_at",
+            "sealed",
+            "updated_at",
+        }
+        assert columns("app_service", "sealed_revocations", "UPDATE") == {
+            "version",
+            "sealed",
+            "updated_at",
+        }
+        operator = {
+            table: columns("operator_readonly", table, "SELECT") for table in _SEALED_TABLES
+        }
+        assert operator == {
+            "enclave_identity": {"key_id", "created_at"},
+            "sealed_sessions": {"session_hash", "version", "expires_at", "updated_at"},
+            "sealed_revocations": {"version", "updated_at"},
+        }
+        # Whole-table SELECT would include the blobs: the operator has none.
+        assert all(table_privileges("operator_readonly", t) == set() for t in _SEALED_TABLES)
 
 
 def test_main_prints_what_it_applied(empty_db: str, capsys: pytest.CaptureFixture[str]) -> None:

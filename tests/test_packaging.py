@@ -283,14 +283,16 @@ def test_enclave_image_environment_passes_production_config() -> None:
     egress = env_file(ROOT / "deploy" / "egress.env")
     final = stages(DOCKERFILES[0])[-1][2]
     args = {a.split("=")[0] for k, a in final if k == "ARG"}
-    assert args == {"AWS_REGION", "EGRESS_ALLOWLIST"}
+    assert args == {"AWS_REGION", "EGRESS_ALLOWLIST", "KMS_KEY_ID"}
+    build_args = egress | {"KMS_KEY_ID": "arn:aws:kms:us-east-1:111122223333:key/" + "0" * 36}
     environment: dict[str, str] = {}
     for keyword, arguments in final:
         if keyword == "ENV":
             for item in shlex.split(arguments):
                 key, _, value = item.partition("=")
-                environment[key] = re.sub(r"\$\{(\w+)\}", lambda m: egress[m[1]], value)
+                environment[key] = re.sub(r"\$\{(\w+)\}", lambda m: build_args[m[1]], value)
     config = EnclaveConfig.from_env(environment)
+    assert config.sealing == "kms" and config.kms_key_id == build_args["KMS_KEY_ID"]
     assert config.mode is Mode.PRODUCTION and config.transport == "vsock"
     assert config.egress_allowlist == Allowlist.parse(egress["EGRESS_ALLOWLIST"])
     assert [a for k, a in final if k == "CMD"] == ['["/opt/perf-aggregator/bin/entrypoint.sh"]']
@@ -566,6 +568,7 @@ def build_env(tmp_path: Path) -> dict[str, str]:
         "STUB_LOG": str(tmp_path / "calls.log"),
         "PYTHON": sys.executable,
         "HOME": str(tmp_path),
+        "KMS_KEY_ID": "arn:aws:kms:us-east-1:111122223333:key/" + "0" * 36,
     }
 
 

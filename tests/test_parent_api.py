@@ -43,7 +43,8 @@ from enclave.opslog import OpsLog
 from enclave.rpc_server import RpcServer
 from parent.app import create_app
 from parent.config import ParentConfig
-from parent.db.store import Store
+from parent.db.errors import StoreUnavailable
+from parent.db.store import SealedBlob, Store
 from parent.enclave_client import EnclaveClient
 from parent.main import serve
 from parent.metrics import ApiMetrics
@@ -62,6 +63,7 @@ from shared.ids import new_session_id, session_hash
 from shared.io.transport import TcpSimTransport, VsockAddress
 from shared.logsetup import configure_logging
 from shared.merkle import TreeHead
+from shared.sealed_state import REVOCATIONS_MAGIC, STATE_MAGIC, SealedHeader
 from shared.signing import sign_payload, verify_payload
 from shared.translog import TransparencyLogError, verify_log
 from tests.support.postgres import PgDatabase, admin_query, row_counts
@@ -115,6 +117,10 @@ class FakeEnclave:
     calls: list[p.Request] = field(default_factory=list)
     logs: dict[str, OpsLog] = field(default_factory=dict)  # the real log code, per session
     forge_log_roots: bool = False  # sign heads whose root matches no entries
+    seal: bool = False  # replies carry sealed states, as with KMS sealing on
+    seal_as_other: bool = False  # ... naming another session (a confused enclave)
+    versions: dict[str, int] = field(default_factory=dict)  # session id -> sealed version
+    revocations_version: int = 0
     server: RpcServer | None = None
 
     def __post_init__(self) -> None:
@@ -135,6 +141,33 @@ class FakeEnclave:
 
     def calls_of(self, kind: type[p.Request]) -> list[Any]:
         return [call for call in self.calls if isinstance(call, kind)]
+
+    def _sealed(self, session_id: str) -> bytes | None:
+        """The session's next sealed state (shape only: header, random nonce/body/tag)."""
+        if not self.seal:
+            return None
+        version = self.versions.get(session_id, 0) + 1
+        self.versions[session_id] = version
+        named = os.urandom(32) if self.seal_as_other else session_hash(session_id)
+        header = SealedHeader(
+            magic=STATE_MAGIC,
+            session_hash=named,
+            version=version,
+            expires_at=int(time.time()) + 3600,
+        )
+        return header.encode() + os.urandom(12 + 100 + 16)
+
+    def _sealed_revocations(self) -> bytes | None:
+        if not self.seal:
+            return None
+        self.revocations_version += 1
+        header = SealedHeader(
+            magic=REVOCATIONS_MAGIC,
+            session_hash=bytes(32),
+            version=self.revocations_version,
+            expires_at=0,
+        )
+        return header.encode() + os.urandom(12 + 40 + 16)
 
     @staticmethod
     def _error(request: p.Request, code: p.ErrorCode, message: str) -> p.ErrorReply:
@@ -182,6 +215,9 @@ class FakeEnclave:
                     opslog = OpsLog(session_hash(request.session_id))
                     opslog.append("submit", at=int(time.time()), data={"exchange": "binance"})
                     self.logs[request.session_id] = opslog
+                    return p.ConfirmReply(
+                        request_id=rid, sealed_state=self._sealed(request.session_id)
+                    )
                 return p.ConfirmReply(request_id=rid, sealed_state=None)
             case p.Aggregates():
                 seq = self.seq.get(request.session_id, 0) + 1
@@ -196,7 +232,7 @@ class FakeEnclave:
                     payload=payload,
                     signature=sign_payload(self.signing_key, payload),
                     merkle_root=hashlib.sha256(b"").hexdigest(),
-                    sealed_state=None,
+                    sealed_state=self._sealed(request.session_id),
                 )
             case p.SessionMetrics():
                 return p.MetricsReply(request_id=rid, metrics={"totals": {"pnl": 12.5}})
@@ -214,7 +250,7 @@ class FakeEnclave:
                     entries=opslog.since(request.log_start, opslog.size),
                     tree_head=head,
                     signature=sign_payload(self.signing_key, head),
-                    revocations=None,
+                    revocations=self._sealed_revocations(),
                 )
             case p.Logs():
                 opslog = self.logs[request.session_id]
@@ -226,7 +262,7 @@ class FakeEnclave:
                     entries=opslog.since(request.start, 2),  # small pages: paging is exercised
                     tree_head=head,
                     signature=sign_payload(self.signing_key, head),
-                    sealed_state=None,
+                    sealed_state=self._sealed(request.session_id),
                 )
             case p.SealRecord():
                 return p.SealRecordReply(
@@ -385,7 +421,7 @@ async def make_api(
         run_purge: bool = False,
     ) -> Api:
         config = ParentConfig.from_env(
-            {"RATE_LIMIT_MAX": "10000", "ALLOWED_ORIGINS": ORIGIN} | (env or {})
+            {"RATE_LIMIT_MAX": "10000", "ALLOWED_ORIGINS": ORIGIN, "SEALING": "off"} | (env or {})
         )
         client = EnclaveClient(transport, ADDRESS, call_timeout=2.0, max_backoff=0.1)
         await client.start()
@@ -1320,6 +1356,98 @@ async def test_docs_render_the_spec_without_external_assets(api: Api) -> None:
     assert "style-src 'unsafe-inline'" in headers["Content-Security-Policy"]
 
 
+# --------------------------------------------------------------------------- sealed state
+
+
+def stored_version(api: Api, session_id: str) -> int | None:
+    """The version of the session's stored sealed state, None if none is stored."""
+    rows = admin_query(
+        api.db,
+        "SELECT version FROM sealed_sessions WHERE session_hash = %s",
+        (session_hash(session_id),),
+    )
+    return None if not rows else int(rows[0][0])
+
+
+class SealingStoreDown(Store):
+    """The real store, except that a session's sealed state cannot be written."""
+
+    async def store_sealed_state(self, state: SealedBlob) -> bool:
+        raise StoreUnavailable("database unavailable (test)")
+
+
+async def test_sealed_states_are_stored_before_each_answer(api: Api) -> None:
+    """With sealing, submit, aggregates and logs store the newest state first; revoke the list."""
+    api.fake.seal = True
+    session_id = await api.submit()
+    assert stored_version(api, session_id) == 1  # stored before the 201 went out
+    status, body, _ = await api.call(
+        "POST", "/enclave/request_aggregates", json_body={"session_id": session_id}
+    )
+    assert status == 200, body
+    assert stored_version(api, session_id) == 2
+    assert api.counts()["aggregates"] == 1
+    status, body, _ = await api.call("GET", f"/api/logs/{session_id}")
+    assert status == 200, body
+    assert stored_version(api, session_id) == api.fake.versions[session_id] > 2
+    _, metrics, _ = await api.call("GET", "/metrics")
+    for source in ("confirm", "aggregates", "logs"):
+        assert f'sealed_states_stored_total{{source="{source}"}}' in metrics
+
+    status, body, _ = await api.call(
+        "POST", "/enclave/revoke", json_body={"session_id": session_id}
+    )
+    assert status == 200, body
+    assert stored_version(api, session_id) is None  # gone with the session rows
+    assert admin_query(api.db, "SELECT version FROM sealed_revocations") == [(1,)]
+
+
+async def test_a_state_naming_another_session_is_refused(api: Api) -> None:
+    """A reply whose sealed state names another session is a 503 and none of it is stored."""
+    api.fake.seal = True
+    session_id = await api.submit()
+    before = api.counts()
+    api.fake.seal_as_other = True
+    status, body, _ = await api.call(
+        "POST", "/enclave/request_aggregates", json_body={"session_id": session_id}
+    )
+    assert_error(status, body, 503, "unavailable")
+    assert api.counts() == before  # no report, no ops entry, no state
+    assert stored_version(api, session_id) == 1
+
+    # At submit the session is taken back whole: ended in the enclave, rows deleted.
+    status, body, _ = await api.call("POST", "/enclave/submit_key", json_body=credential_envelope())
+    assert_error(status, body, 503, "unavailable")
+    withdrawn = api.fake.calls_of(p.Revoke)[-1].session_id
+    assert withdrawn not in api.fake.live and withdrawn != session_id
+    after = api.counts()
+    for table in ("sessions", "credentials", "aggregates", "sealed_sessions"):
+        assert after[table] == before[table], table
+    _, metrics, _ = await api.call("GET", "/metrics")
+    assert 'sealed_states_refused_total{source="aggregates"} 1.0' in metrics
+    assert 'sealed_states_refused_total{source="confirm"} 1.0' in metrics
+
+
+async def test_submit_fails_whole_when_its_state_cannot_be_stored(
+    make_api: MakeApi, pg_db: PgDatabase
+) -> None:
+    """The state of a confirmed session cannot be stored: 503, session ended, nothing kept."""
+    failing = await SealingStoreDown.open(pg_db.app_conninfo, min_size=1, max_size=2)
+    try:
+        api = await make_api(use_store=failing)
+        api.fake.seal = True
+        status, body, _ = await api.call(
+            "POST", "/enclave/submit_key", json_body=credential_envelope()
+        )
+        assert_error(status, body, 503, "unavailable")
+        counts = api.counts()
+        assert counts["sessions"] == counts["credentials"] == counts["sealed_sessions"] == 0
+        assert api.fake.live == {}
+        assert len(api.fake.calls_of(p.Revoke)) == 1
+    finally:
+        await failing.close()
+
+
 # --------------------------------------------------------------------------- composition root
 
 
@@ -1339,6 +1467,7 @@ async def test_serve_runs_the_whole_parent_over_https(
             "DATABASE_URL": pg_db.app_conninfo,
             "VSOCK_PORT_MAP": f"16:5000={transport.tcp_port(ADDRESS)},3:8001={free_port()}",
             "PURGE_INTERVAL_SECONDS": "1",
+            "SEALING": "off",  # the fake enclave does not seal
         }
     )
     task = asyncio.create_task(serve(config))

@@ -312,3 +312,24 @@ async def test_checkpoint_returns_changed_sessions_once(world: World) -> None:
     assert header.session_hash == session_hash(session_id) and header.version == 2
     second = await call(service, p.Checkpoint(request_id=2, max_sessions=10))
     assert second.states == ()
+
+
+async def test_unlock_again_settles_on_one_identity(world: World) -> None:
+    """Re-unlock: 'create' returns the identity in use; another identity is adopted only
+    while no session exists (the parent that lost the race to store its own)."""
+    winner, _ = world.service()
+    stored = await call(winner, world.unlock())
+    loser, _ = world.service()
+    own = await call(loser, world.unlock())
+    assert own.wrapped_key != stored.wrapped_key
+    again = await call(loser, world.unlock())  # the parent never stored it
+    assert again.created and again.wrapped_key == own.wrapped_key
+    adopted = await call(loser, world.unlock(wrapped=stored.wrapped_key, sealed=stored.sealed_keys))
+    assert isinstance(adopted, p.UnlockReply) and not adopted.created
+    assert await attested(loser, world) == await attested(winner, world)
+    enc, _ = await attested(loser, world)
+    await open_owned_session(loser, enc, Ed25519PrivateKey.generate())
+    other = await call(winner, world.unlock())
+    assert other.wrapped_key == stored.wrapped_key
+    refused = await call(loser, world.unlock(wrapped=own.wrapped_key, sealed=own.sealed_keys))
+    assert isinstance(refused, p.ErrorReply) and refused.code is p.ErrorCode.BAD_REQUEST

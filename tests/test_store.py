@@ -17,10 +17,12 @@ import parent.db
 from parent.db import (
     AggregateRow,
     Conflict,
+    EnclaveIdentity,
     InvalidData,
     LogBatch,
     RecordMeta,
     ReplayedEnvelope,
+    SealedBlob,
     SessionNotFound,
     Store,
     StoredCredentials,
@@ -29,6 +31,12 @@ from parent.db import (
 )
 from parent.db.embedded import EmbeddedPostgres
 from shared.encoding import b64encode, canonical_json
+from shared.sealed_state import (
+    REVOCATIONS_MAGIC,
+    STATE_MAGIC,
+    SealedHeader,
+    SealedStateError,
+)
 from shared.translog import encode_entry
 from tests.support.leakscan import LeakScanner
 from tests.support.postgres import PgDatabase, admin_query, pg_dump, row_counts
@@ -494,6 +502,322 @@ async def test_report_and_its_log_entry_are_one_write(store: Store, pg_db: PgDat
     assert len(admin_query(pg_db, "SELECT 1 FROM ops_logs WHERE op = 'aggregates'")) == 1
 
 
+# -- sealed enclave state -------------------------------------------------------------
+
+
+def sealed(
+    session_hash: bytes,
+    version: int,
+    *,
+    expires_at: datetime = NOW + HOUR,
+    body: int = 64,
+    magic: bytes = STATE_MAGIC,
+) -> bytes:
+    """A blob framed as the enclave seals one: header || nonce || ciphertext || tag."""
+    header = SealedHeader(
+        magic=magic,
+        session_hash=session_hash,
+        version=version,
+        expires_at=int(expires_at.timestamp()),
+    )
+    return header.encode() + os.urandom(12 + body + 16)
+
+
+def state(session_hash: bytes, version: int, **kwargs: Any) -> SealedBlob:
+    """The parsed form the store takes."""
+    return SealedBlob.parse(sealed(session_hash, version, **kwargs))
+
+
+def revocation_list(version: int) -> SealedBlob:
+    """A sealed revocation list (all-zero session hash, no expiry)."""
+    return SealedBlob.parse(
+        sealed(bytes(32), version, expires_at=datetime.fromtimestamp(0, UTC), magic=b"PAR1"),
+        magic=REVOCATIONS_MAGIC,
+    )
+
+
+def test_sealed_blob_reads_the_clear_header() -> None:
+    """SealedBlob.parse reads session, version and expiry, and checks the session when asked."""
+    session_hash = os.urandom(32)
+    blob = sealed(session_hash, 7)
+    parsed = SealedBlob.parse(blob, session_hash=session_hash)
+    assert (parsed.session_hash, parsed.version, parsed.expires_at) == (session_hash, 7, NOW + HOUR)
+    assert parsed.sealed == blob
+    assert blob.hex() not in repr(parsed)
+
+
+@pytest.mark.parametrize(
+    ("blob", "kwargs", "reason"),
+    [
+        pytest.param(b"PAS1" + bytes(40), {}, "impossible size", id="truncated"),
+        pytest.param(
+            sealed(bytes(32), 1, body=3 * 1024 * 1024), {}, "impossible size", id="oversized"
+        ),
+        pytest.param(
+            sealed(b"\x01" * 32, 1, magic=b"PAR1"), {}, "not a sealed blob", id="wrong-magic"
+        ),
+        pytest.param(
+            sealed(b"\x01" * 32, 1), {"session_hash": b"\x02" * 32}, "another", id="other-session"
+        ),
+        pytest.param(
+            sealed(b"\x01" * 32, 1),
+            {"magic": REVOCATIONS_MAGIC},
+            "not a sealed",
+            id="state-as-list",
+        ),
+        pytest.param(
+            sealed(b"\x01" * 32, 1, magic=b"PAR1"),
+            {"magic": REVOCATIONS_MAGIC},
+            "names no session",
+            id="list-naming-a-session",
+        ),
+        pytest.param(
+            SealedHeader(
+                magic=STATE_MAGIC, session_hash=bytes(32), version=2**63, expires_at=0
+            ).encode()
+            + bytes(28),
+            {},
+            "version out of range",
+            id="version-beyond-bigint",
+        ),
+        pytest.param(
+            SealedHeader(
+                magic=STATE_MAGIC, session_hash=bytes(32), version=1, expires_at=2**63
+            ).encode()
+            + bytes(28),
+            {},
+            "expiry out of range",
+            id="expiry-beyond-datetime",
+        ),
+    ],
+)
+def test_sealed_blob_refuses_what_it_cannot_store(
+    blob: bytes, kwargs: dict[str, Any], reason: str
+) -> None:
+    """Truncated, oversized, wrong kind, other session or out-of-range headers are refused."""
+    with pytest.raises(SealedStateError, match=reason):
+        SealedBlob.parse(blob, **kwargs)
+
+
+async def test_enclave_identity_is_stored_once(store: Store, pg_db: PgDatabase) -> None:
+    """The first identity wins; a second insert reports the lost race and changes nothing."""
+    assert await store.get_enclave_identity() is None
+    first = {
+        "key_id": "alias/perf-aggregator",
+        "wrapped_key": os.urandom(200),
+        "sealed_keys": os.urandom(224),
+    }
+    assert await store.insert_enclave_identity(**first) is True
+    assert (
+        await store.insert_enclave_identity(
+            key_id="alias/perf-aggregator", wrapped_key=os.urandom(200), sealed_keys=os.urandom(224)
+        )
+        is False
+    )
+    identity = await store.get_enclave_identity()
+    assert isinstance(identity, EnclaveIdentity)
+    assert (identity.key_id, identity.wrapped_key, identity.sealed_keys) == (
+        first["key_id"],
+        first["wrapped_key"],
+        first["sealed_keys"],
+    )
+    assert first["wrapped_key"].hex() not in repr(identity)
+    assert admin_query(pg_db, "SELECT count(*) FROM enclave_identity") == [(1,)]
+    with (
+        psycopg.connect(pg_db.app_conninfo, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute("UPDATE enclave_identity SET sealed_keys = 'x'::bytea")
+
+
+@pytest.mark.parametrize(
+    ("changes", "constraint"),
+    [
+        ({"key_id": "has space"}, "enclave_identity_key_id_format"),
+        ({"wrapped_key": b""}, "enclave_identity_wrapped_key_size"),
+        ({"wrapped_key": bytes(6145)}, "enclave_identity_wrapped_key_size"),
+        ({"sealed_keys": bytes(8)}, "enclave_identity_sealed_keys_size"),
+    ],
+)
+async def test_enclave_identity_bounds(
+    store: Store, changes: dict[str, Any], constraint: str
+) -> None:
+    """An identity outside the schema's bounds is InvalidData, and nothing is stored."""
+    fields: dict[str, Any] = {"key_id": "k", "wrapped_key": bytes(100), "sealed_keys": bytes(224)}
+    with pytest.raises(InvalidData, match=constraint):
+        await store.insert_enclave_identity(**(fields | changes))
+    assert await store.get_enclave_identity() is None
+
+
+async def test_sealed_state_keeps_the_highest_version(store: Store, pg_db: PgDatabase) -> None:
+    """A newer version replaces the stored state; an older or equal one never does."""
+    session_hash = await new_session(store)
+    assert await store.get_sealed_state(session_hash) is None
+    assert await store.store_sealed_state(state(session_hash, 1)) is True
+    newest = state(session_hash, 3)
+    assert await store.store_sealed_state(newest) is True
+    assert await store.store_sealed_state(state(session_hash, 2)) is False
+    assert await store.store_sealed_state(state(session_hash, 3)) is False
+    assert await store.get_sealed_state(session_hash) == newest
+    with pytest.raises(SessionNotFound):
+        await store.store_sealed_state(state(os.urandom(32), 1))
+    assert admin_query(pg_db, "SELECT count(*) FROM sealed_sessions") == [(1,)]
+
+
+async def test_a_mislabelled_state_is_refused_by_the_schema(store: Store) -> None:
+    """Columns that disagree with the blob's own header fail the schema CHECK: InvalidData."""
+    session_hash = await new_session(store)
+    other = await new_session(store)
+    good = state(other, 4)
+    for wrong in (
+        SealedBlob(session_hash=session_hash, version=4, expires_at=NOW + HOUR, sealed=good.sealed),
+        SealedBlob(session_hash=other, version=5, expires_at=NOW + HOUR, sealed=good.sealed),
+        SealedBlob(session_hash=other, version=4, expires_at=NOW, sealed=good.sealed),
+    ):
+        with pytest.raises(InvalidData, match="sealed_sessions_header_matches"):
+            await store.store_sealed_state(wrong)
+    assert await store.get_sealed_state(session_hash) is None
+    assert await store.get_sealed_state(other) is None
+
+
+async def test_checkpoint_batch_is_one_statement(store: Store) -> None:
+    """A batch keeps each session's newest state, skips unknown sessions, never downgrades."""
+    first, second = await new_session(store), await new_session(store)
+    await store.store_sealed_state(state(second, 9))
+    unknown = os.urandom(32)
+    batch = [
+        state(first, 2),
+        state(first, 5),  # the newer of two in one batch wins
+        state(first, 4),
+        state(second, 8),  # older than what is stored
+        state(unknown, 1),  # revoked or purged since: skipped
+    ]
+    assert await store.store_sealed_states(batch) == 1
+    stored_first = await store.get_sealed_state(first)
+    stored_second = await store.get_sealed_state(second)
+    assert stored_first is not None and stored_first.version == 5
+    assert stored_second is not None and stored_second.version == 9
+    assert await store.get_sealed_state(unknown) is None
+    assert await store.store_sealed_states([]) == 0
+
+
+async def test_sealed_state_batches_cover_every_live_state_within_the_budget(
+    store: Store,
+) -> None:
+    """Batches hold every unexpired state once, each under the byte budget (big ones alone)."""
+    budget = 2000
+    sizes = [100, 700, 900, 50, 1990, 300, 400, 10, 2500, 600] * 3
+    live: dict[bytes, int] = {}
+    for n, size in enumerate(sizes):
+        session_hash = await new_session(store, expires_at=NOW + (n + 1) * HOUR)
+        blob = state(session_hash, n, expires_at=NOW + (n + 1) * HOUR, body=size)
+        await store.store_sealed_state(blob)
+        live[session_hash] = len(blob.sealed)
+    expired = await new_session(store, expires_at=NOW - HOUR)
+    await store.store_sealed_state(state(expired, 1, expires_at=NOW - HOUR))
+
+    batches = [batch async for batch in store.sealed_state_batches(now=NOW, max_batch_bytes=budget)]
+    seen = [blob.session_hash for batch in batches for blob in batch]
+    assert sorted(seen) == sorted(live)  # each live state exactly once, the expired one not
+    for batch in batches:
+        total = sum(len(blob.sealed) for blob in batch)
+        assert total < budget or len(batch) == 1
+    assert any(len(batch) > 1 for batch in batches)
+    # Fewer live states after expiry: the later ones only.
+    later = [
+        blob
+        async for batch in store.sealed_state_batches(now=NOW + 10 * HOUR, max_batch_bytes=budget)
+        for blob in batch
+    ]
+    assert len(later) == len(sizes) - 10
+
+
+async def test_revoke_and_purge_take_the_sealed_state_with_them(
+    store: Store, pg_db: PgDatabase
+) -> None:
+    """Revoke deletes the state and stores the newer revocation list in the same statement."""
+    revoked, purged, kept = (
+        await new_session(store),
+        await new_session(store, expires_at=NOW - HOUR),
+        await new_session(store),
+    )
+    for session_hash in (revoked, purged, kept):
+        await store.store_sealed_state(state(session_hash, 1))
+    assert await store.get_revocations() is None
+
+    newer = revocation_list(3)
+    assert await store.revoke_session(revoked, request_id="r-1", revocations=newer) is True
+    assert await store.get_sealed_state(revoked) is None
+    assert await store.get_revocations() == newer
+    # An older list (a delayed reply) never replaces a newer one; a revoke of a session
+    # already gone from the database still keeps the enclave's list.
+    assert (
+        await store.revoke_session(revoked, request_id="r-2", revocations=revocation_list(2))
+        is False
+    )
+    assert await store.get_revocations() == newer
+    newest = revocation_list(4)
+    assert await store.revoke_session(os.urandom(32), request_id="r-3", revocations=newest) is False
+    assert await store.get_revocations() == newest
+    assert await store.store_revocations(revocation_list(1)) is False
+    assert await store.store_revocations(revocation_list(5)) is True
+
+    assert await store.purge_expired(now=NOW) == 1
+    assert await store.get_sealed_state(purged) is None
+    assert await store.get_sealed_state(kept) is not None
+    assert admin_query(pg_db, "SELECT count(*) FROM sealed_revocations") == [(1,)]
+    with pytest.raises(ValueError, match="revocation"):
+        await store.store_revocations(state(kept, 9))
+
+
+async def test_report_and_its_state_are_one_write(store: Store, pg_db: PgDatabase) -> None:
+    """store_aggregate writes the sealed state with the report, or neither of them."""
+    session_hash = await new_session(store)
+    await store.store_aggregate(
+        session_hash, seq=1, payload={}, signature=b64(64), sealed_state=state(session_hash, 2)
+    )
+    stored = await store.get_sealed_state(session_hash)
+    assert stored is not None and stored.version == 2
+    # The report is refused (seq exists): its state is not stored either.
+    with pytest.raises(Conflict):
+        await store.store_aggregate(
+            session_hash, seq=1, payload={}, signature=b64(64), sealed_state=state(session_hash, 3)
+        )
+    stored = await store.get_sealed_state(session_hash)
+    assert stored is not None and stored.version == 2
+    # A state that fails its CHECK takes the report down with it.
+    bad = state(session_hash, 4)
+    with pytest.raises(InvalidData, match="sealed_sessions_header_matches"):
+        await store.store_aggregate(
+            session_hash,
+            seq=2,
+            payload={},
+            signature=b64(64),
+            sealed_state=SealedBlob(
+                session_hash=session_hash, version=5, expires_at=bad.expires_at, sealed=bad.sealed
+            ),
+        )
+    latest = await store.latest_aggregate(session_hash)
+    assert latest is not None and latest.seq == 1
+    with pytest.raises(ValueError, match="another session"):
+        await store.store_aggregate(
+            session_hash,
+            seq=3,
+            payload={},
+            signature=b64(64),
+            sealed_state=state(os.urandom(32), 1),
+        )
+    unknown = os.urandom(32)
+    with pytest.raises(SessionNotFound):
+        await store.store_aggregate(
+            unknown, seq=0, payload={}, signature=b64(64), sealed_state=state(unknown, 9)
+        )
+    assert await store.get_sealed_state(unknown) is None
+    stored = await store.get_sealed_state(session_hash)
+    assert stored is not None and stored.version == 2
+    assert admin_query(pg_db, "SELECT count(*) FROM aggregates") == [(1,)]
+
+
 # -- roles ----------------------------------------------------------------------------
 
 
@@ -520,6 +844,30 @@ async def test_operator_cannot_read_credentials_but_reads_sessions(
         # submit, aggregates (written with the report) and poll; two transparency entries
         assert conn.execute("SELECT count(*) FROM ops_logs").fetchone() == (5,)
         assert conn.execute("SELECT count(*) FROM merkle_logs").fetchone() == (1,)
+
+
+async def test_operator_reads_sealed_state_metadata_but_no_blob(
+    store: Store, pg_db: PgDatabase
+) -> None:
+    """operator_readonly sees versions and expiries of sealed state, never a blob or key."""
+    session_hash = await new_session(store)
+    await store.store_sealed_state(state(session_hash, 3))
+    await store.store_revocations(revocation_list(2))
+    await store.insert_enclave_identity(key_id="k", wrapped_key=bytes(64), sealed_keys=bytes(224))
+    with psycopg.connect(pg_db.admin_conninfo, autocommit=True) as conn:
+        conn.execute("SET ROLE operator_readonly")
+        for denied in (
+            "SELECT sealed FROM sealed_sessions",
+            "SELECT * FROM sealed_sessions",
+            "SELECT sealed FROM sealed_revocations",
+            "SELECT wrapped_key FROM enclave_identity",
+            "SELECT sealed_keys FROM enclave_identity",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(denied.encode())
+        assert conn.execute("SELECT version FROM sealed_sessions").fetchone() == (3,)
+        assert conn.execute("SELECT version FROM sealed_revocations").fetchone() == (2,)
+        assert conn.execute("SELECT key_id FROM enclave_identity").fetchone() == ("k",)
 
 
 @pytest.mark.parametrize(

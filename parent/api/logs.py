@@ -12,6 +12,10 @@ attest), but it refuses to persist a log that would not verify for anyone.
 
 When the session is gone (revoked, expired) or the enclave is unreachable, the stored
 log is served as it stands with ``"live": false``: a log outlives its session.
+
+Replies that change a session carry its new sealed state (KMS sealing on);
+``parse_sealed_state`` and ``keep_sealed_state`` here are what every handler uses to
+store it before answering, refusing a blob that names another session.
 """
 
 from __future__ import annotations
@@ -26,14 +30,23 @@ from aiohttp import web
 from parent.api.errors import ApiError, json_response
 from parent.api.services import SERVICES, Services
 from parent.api.validation import require_session_id
-from parent.db.store import LogBatch
+from parent.db.errors import Conflict, InvalidData, SessionNotFound
+from parent.db.store import LogBatch, SealedBlob
 from parent.enclave_client import EnclaveRefused, EnclaveUnavailable
 from shared import protocol as p
 from shared.ids import session_hash
 from shared.merkle import ConsistencyProof, InclusionProof, MerkleError, MerkleTree, TreeHead
+from shared.sealed_state import SealedStateError
 from shared.translog import TransparencyLogError, parse_entry
 
-__all__ = ["MAX_PAGE", "LogMismatch", "check_log_batch", "session_logs"]
+__all__ = [
+    "MAX_PAGE",
+    "LogMismatch",
+    "check_log_batch",
+    "keep_sealed_state",
+    "parse_sealed_state",
+    "session_logs",
+]
 
 log = structlog.get_logger("parent.logs")
 
@@ -41,8 +54,55 @@ MAX_PAGE: Final = 1000
 _MAX_FETCHES: Final = 64  # pages pulled from the enclave per request (2,000 entries each)
 
 
+_STATE_NOT_KEPT: Final = "the session's sealed state could not be stored; retry later"
+
+
 class LogMismatch(Exception):
     """The enclave's entries and head do not form a valid log with what is stored."""
+
+
+def parse_sealed_state(
+    services: Services, digest: bytes, blob: bytes | None, *, source: str
+) -> SealedBlob | None:
+    """The sealed state in a reply about the session ``digest``, header read; None if none.
+
+    A malformed blob, or one naming another session, is refused: logged, counted and
+    answered 503, because the parent must never file one session's state under another.
+    """
+    if blob is None:
+        return None
+    try:
+        return SealedBlob.parse(blob, session_hash=digest)
+    except SealedStateError as exc:
+        log.error("sealed_state_refused", source=source, reason=str(exc))
+        services.metrics.sealed_states_refused.labels(source=source).inc()
+        raise ApiError(503, "unavailable", _STATE_NOT_KEPT) from None
+
+
+async def keep_sealed_state(
+    services: Services, state: SealedBlob | None, *, source: str, required: bool = False
+) -> None:
+    """Store a session's new sealed state before the reply that carried it is answered.
+
+    Database down -> ``StoreUnavailable`` (503); a refused value -> 503 as well (it is
+    the enclave's blob, not the client's input). A session deleted meanwhile (revoked,
+    purged) needs no state, unless ``required`` (submit: the row was just written).
+    """
+    if state is None:
+        return
+    try:
+        written = await services.store.store_sealed_state(state)
+    except SessionNotFound:
+        if required:
+            raise
+        log.info("sealed_state_without_session", source=source)
+        return
+    except (InvalidData, Conflict) as exc:
+        # The message names the table and constraint only.
+        log.error("sealed_state_not_stored", source=source, reason=str(exc))
+        raise ApiError(503, "unavailable", _STATE_NOT_KEPT) from None
+    if written:
+        services.metrics.sealed_states_stored.labels(source=source).inc()
 
 
 def check_log_batch(
@@ -105,6 +165,7 @@ async def _sync_from_enclave(
     head's size; everything is stored in one statement.
     """
     new: list[bytes] = []
+    state: SealedBlob | None = None
     try:
         for _ in range(_MAX_FETCHES):
             try:
@@ -120,6 +181,9 @@ async def _sync_from_enclave(
             except EnclaveUnavailable:
                 return None
             new.extend(reply.entries)
+            page_state = parse_sealed_state(services, digest, reply.sealed_state, source="logs")
+            if page_state is not None and (state is None or page_state.version > state.version):
+                state = page_state
             if len(stored) + len(new) < _head_size(reply.tree_head) and reply.entries:
                 continue  # a page: fetch the rest
             batch = check_log_batch(
@@ -127,6 +191,8 @@ async def _sync_from_enclave(
             )
             if batch.entries or await services.store.latest_tree_head(digest) is None:
                 await services.store.append_log(digest, batch)
+            # Before answering: the entries just stored are part of that state.
+            await keep_sealed_state(services, state, source="logs")
             stored.extend(batch.entries)
             return batch.head
     except LogMismatch as exc:

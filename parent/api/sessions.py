@@ -6,8 +6,16 @@ Submitting credentials never leaves anything half-stored::
                            parent --create_session--> DB   one statement: session,
                                                            ciphertext, ops entry
                            parent --Confirm(commit)--> enclave   session goes live
+                           parent --store_sealed_state--> DB     its first sealed state
+                                                                 (KMS sealing on)
     DB refuses (replay 409, constraint 400, down 503) -> Confirm(commit=False), nothing stored
     Confirm fails                                     -> DB rows deleted, 503
+    sealed state refused or not stored                -> Revoke in the enclave (best
+                                                         effort), DB rows deleted, 503
+
+Replies that change a session carry its new sealed state; it is stored before the
+answer (with the report itself for aggregates, with the delete for revoke's new
+revocation list), so an enclave restart never loses what a client was told.
 
 The parent stores only the envelope exactly as submitted (ciphertext it cannot
 open) and SHA-256 of the session id; the clear id goes back to the client only.
@@ -22,7 +30,7 @@ import structlog
 from aiohttp import web
 
 from parent.api.errors import ApiError, json_response
-from parent.api.logs import LogMismatch, check_log_batch
+from parent.api.logs import LogMismatch, check_log_batch, keep_sealed_state, parse_sealed_state
 from parent.api.services import REQUEST_ID, SERVICES, Services
 from parent.api.validation import (
     check_session_metadata,
@@ -33,11 +41,12 @@ from parent.api.validation import (
     require_session_id,
 )
 from parent.db.errors import StoreError
-from parent.db.store import LogBatch, StoredCredentials
+from parent.db.store import LogBatch, SealedBlob, StoredCredentials
 from parent.enclave_client import EnclaveClientError, EnclaveRefused
 from shared import protocol as p
 from shared.envelope import envelope_digest
 from shared.ids import is_session_id, session_hash
+from shared.sealed_state import REVOCATIONS_MAGIC, SealedStateError
 
 __all__ = [
     "REVOKED_MESSAGE",
@@ -79,6 +88,55 @@ async def _discard_pending(services: Services, session_id: str) -> None:
         )
     except EnclaveClientError as exc:
         log.warning("discard_pending_failed", error_type=type(exc).__name__)
+
+
+def _revocation_list(services: Services, blob: bytes | None) -> SealedBlob | None:
+    """The enclave's new sealed revocation list from a revoke reply, header read.
+
+    A malformed list is logged and not kept; the revoke itself stands (the enclave has
+    already forgotten the session, and its stored state goes with the session rows).
+    """
+    if blob is None:
+        return None
+    try:
+        return SealedBlob.parse(blob, magic=REVOCATIONS_MAGIC)
+    except SealedStateError as exc:
+        log.error("revocation_list_refused", reason=str(exc))
+        services.metrics.sealed_states_refused.labels(source="revoke").inc()
+        return None
+
+
+async def _withdraw_confirmed(
+    services: Services, session_id: str, digest: bytes, request_id: str
+) -> None:
+    """Best effort: end a just-confirmed session whose sealed state could not be kept.
+
+    The client gets a 503 and never learns the id, so the session must not go on
+    polling in the enclave nor stay in the database. An owned session cannot be
+    revoked without its owner's proof: it then stays in enclave memory, unreachable and
+    never restored (no state of it is stored), until its TTL.
+    """
+    revocations: SealedBlob | None = None
+    try:
+        ended = await services.enclave_call(
+            "revoke",
+            p.Revoke(
+                request_id=0,
+                session_id=session_id,
+                proof_timestamp=None,
+                proof_signature=None,
+                log_start=0,
+            ),
+            p.RevokeReply,
+        )
+        revocations = _revocation_list(services, ended.revocations)
+    except EnclaveClientError as exc:
+        log.warning("withdraw_session_failed", error_type=type(exc).__name__)
+    try:
+        await services.store.revoke_session(digest, request_id=request_id, revocations=revocations)
+    except StoreError as cleanup:
+        # Rows stay until the TTL purge; they hold ciphertext only.
+        log.error("submit_rollback_failed", error_type=type(cleanup).__name__)
 
 
 async def submit_key(request: web.Request) -> web.Response:
@@ -134,7 +192,7 @@ async def submit_key(request: web.Request) -> web.Response:
             await _discard_pending(services, reply.session_id)
             raise
         try:
-            await services.enclave_call(
+            confirmed = await services.enclave_call(
                 "confirm",
                 p.Confirm(request_id=0, session_id=reply.session_id, commit=True),
                 p.ConfirmReply,
@@ -148,6 +206,17 @@ async def submit_key(request: web.Request) -> web.Response:
                 log.error("submit_rollback_failed", error_type=type(cleanup).__name__)
             raise ApiError(
                 503, "unavailable", "the enclave did not confirm the session; nothing was kept"
+            ) from exc
+        try:
+            # Stored before the 201: a session the client was given survives a restart.
+            state = parse_sealed_state(services, digest, confirmed.sealed_state, source="confirm")
+            await keep_sealed_state(services, state, source="confirm", required=True)
+        except (ApiError, StoreError) as exc:
+            await _withdraw_confirmed(services, reply.session_id, digest, request_id)
+            raise ApiError(
+                503,
+                "unavailable",
+                "the session's sealed state could not be stored; nothing was kept",
             ) from exc
         services.metrics.active_sessions.inc()
     # The session id is a bearer secret: return it once, never store or log it.
@@ -168,18 +237,24 @@ async def request_aggregates(request: web.Request) -> web.Response:
         reply = await services.enclave_call(
             "aggregates", p.Aggregates(request_id=0, session_id=session_id), p.AggregatesReply
         )
+        # Refused (503, nothing stored) when it names another session.
+        state = parse_sealed_state(services, digest, reply.sealed_state, source="aggregates")
         seq = reply.payload.get("seq")
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
             # The enclave numbers its reports; without a number, continue our own.
             latest = await services.store.latest_aggregate(digest)
             seq = 0 if latest is None else latest.seq + 1
+        # One statement: the report and the state that issued it, or neither.
         await services.store.store_aggregate(
             digest,
             seq=seq,
             payload=reply.payload,
             signature=reply.signature,
             request_id=request_id,
+            sealed_state=state,
         )
+        if state is not None:
+            services.metrics.sealed_states_stored.labels(source="aggregates").inc()
     return json_response(
         {
             "aggregates_signed": {"signature": reply.signature, "payload": reply.payload},
@@ -201,6 +276,7 @@ async def revoke(request: web.Request) -> web.Response:
     with services.audit("session.revoke", session_id):
         enclave_knew = True
         final_log: LogBatch | None = None
+        revocations: SealedBlob | None = None
         stored = await services.store.log_entries(digest)
         try:
             reply = await services.enclave_call(
@@ -214,6 +290,7 @@ async def revoke(request: web.Request) -> web.Response:
                 ),
                 p.RevokeReply,
             )
+            revocations = _revocation_list(services, reply.revocations)
             try:
                 final_log = check_log_batch(
                     stored, entries=reply.entries, tree_head=reply.tree_head,
@@ -228,7 +305,11 @@ async def revoke(request: web.Request) -> web.Response:
                 raise  # forbidden (owner proof), unavailable, ...: the database is untouched
             # Expired or lost in an enclave restart: the stored ciphertext goes anyway.
             enclave_knew = False
-        existed = await services.store.revoke_session(digest, request_id=request_id, log=final_log)
+        # One statement: the rows (sealed state included) go, the log's end and the new
+        # revocation list stay.
+        existed = await services.store.revoke_session(
+            digest, request_id=request_id, log=final_log, revocations=revocations
+        )
         if not existed and not enclave_knew:
             raise ApiError(404, "not_found", "unknown, expired or revoked session")
         if existed:
@@ -274,6 +355,10 @@ async def disclose_trade(request: web.Request) -> web.Response:
             ),
             p.DiscloseTradeReply,
         )
+        state = parse_sealed_state(
+            services, session_hash(session_id), reply.sealed_state, source="disclose"
+        )
+        await keep_sealed_state(services, state, source="disclose")
     return json_response({"envelope": reply.envelope})
 
 

@@ -22,10 +22,12 @@ from parent.db.errors import (
 )
 from parent.db.store import (
     AggregateRow,
+    EnclaveIdentity,
     LiveCredential,
     LogBatch,
     RecordMeta,
     RecordRow,
+    SealedBlob,
     SessionRow,
     Store,
     StoredCredentials,
@@ -35,6 +37,7 @@ from parent.db.store import (
 __all__ = [
     "AggregateRow",
     "Conflict",
+    "EnclaveIdentity",
     "InvalidData",
     "LiveCredential",
     "LogBatch",
@@ -42,6 +45,7 @@ __all__ = [
     "RecordMeta",
     "RecordRow",
     "ReplayedEnvelope",
+    "SealedBlob",
     "SessionNotFound",
     "SessionRow",
     "Store",

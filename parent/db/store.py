@@ -1,11 +1,13 @@
 """The parent's PostgreSQL store. Side: parent.
 
-Sessions, credential ciphertext, signed aggregates, ops logs and sealed records.
+Sessions, credential ciphertext, signed aggregates, ops logs, sealed records and the
+enclave's sealed state (its identity, per-session states, the revocation list).
 
 This is the adapter behind the store port. It holds ONLY ciphertext and public data:
 sessions are keyed by SHA-256 of the session id (the clear id never reaches the
 database), credentials are the client's envelope exactly as submitted (base64
-ciphertext the parent cannot open), records are sealed by the enclave.
+ciphertext the parent cannot open), records and session states are sealed by the
+enclave (the parent reads only a sealed state's clear header: ``SealedBlob``).
 
 Every query goes through psycopg 3 with server-side bound parameters (the extended
 query protocol: values travel apart from the SQL text, so they cannot change it); no
@@ -30,9 +32,9 @@ from __future__ import annotations
 import functools
 import time
 import weakref
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, ParamSpec, TypeAlias, TypeVar
 from uuid import UUID
@@ -53,15 +55,18 @@ from parent.db.errors import (
     StoreUnavailable,
 )
 from shared.ids import session_hash
+from shared.sealed_state import REVOCATIONS_MAGIC, STATE_MAGIC, SealedHeader, SealedStateError
 
 __all__ = [
     "AggregateRow",
+    "EnclaveIdentity",
     "JsonObject",
     "LiveCredential",
     "LogBatch",
     "OpsLogRow",
     "RecordMeta",
     "RecordRow",
+    "SealedBlob",
     "SessionRow",
     "Store",
     "StoredCredentials",
@@ -74,6 +79,11 @@ JsonObject = dict[str, Any]
 _REPLAY_CONSTRAINT = "sessions_envelope_digest_key"
 # Rows deleted per purge statement: bounds lock time and WAL per transaction.
 _PURGE_BATCH = 500
+# Rows read per page while listing sealed states: bounds one page's memory (with the
+# byte budget) and keeps each read short.
+_SEALED_PAGE_ROWS = 1000
+_MAX_BIGINT = 2**63 - 1
+_NO_SESSION = bytes(32)
 
 
 # SHA-256 of the session id: the only form of it the database sees (shared with the
@@ -204,6 +214,58 @@ class LiveCredential:
     credentials: StoredCredentials
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SealedBlob:
+    """A blob the enclave sealed, with its clear header read; the rest only the enclave opens.
+
+    Session states carry the session's hash; the revocation list carries 32 zero
+    bytes there and ``expires_at`` 1970-01-01 (it does not expire).
+    """
+
+    session_hash: bytes
+    version: int
+    expires_at: datetime
+    sealed: bytes = field(repr=False)
+
+    @classmethod
+    def parse(
+        cls, blob: bytes, *, magic: bytes = STATE_MAGIC, session_hash: bytes | None = None
+    ) -> SealedBlob:
+        """Read ``blob``'s header; ``SealedStateError`` unless it is a storable blob of ``magic``.
+
+        With ``session_hash`` the blob must name that session: a reply about one
+        session never files a state under another.
+        """
+        header = SealedHeader.parse(blob, magic=magic)
+        if header.version > _MAX_BIGINT:
+            raise SealedStateError("sealed blob version out of range")
+        if magic == REVOCATIONS_MAGIC and header.session_hash != _NO_SESSION:
+            raise SealedStateError("a revocation list names no session")
+        if session_hash is not None and header.session_hash != session_hash:
+            raise SealedStateError("sealed state belongs to another session")
+        try:
+            expires_at = datetime.fromtimestamp(header.expires_at, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise SealedStateError("sealed blob expiry out of range") from None
+        return cls(
+            session_hash=header.session_hash,
+            version=header.version,
+            expires_at=expires_at,
+            sealed=bytes(blob),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnclaveIdentity:
+    """The enclave identity every replica unlocks with: the KMS-wrapped data key and the
+    service keys sealed under it (both opaque to the parent)."""
+
+    key_id: str
+    wrapped_key: bytes = field(repr=False)
+    sealed_keys: bytes = field(repr=False)
+    created_at: datetime
+
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _Pool: TypeAlias = AsyncConnectionPool[AsyncConnection[TupleRow]]
@@ -313,6 +375,47 @@ def _database_errors(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaita
         raise error from None
 
     return wrapper
+
+
+# Keep the newest sealed state of a session: an older or equal version never replaces
+# a newer one (two writers racing, or a checkpoint that overtook a report's state).
+# Fed by ``target``, a CTE of one sessions row or none: a state is never stored
+# without its session.
+_SEALED_STATE_CTE = """
+    state_row AS (
+        INSERT INTO sealed_sessions (session_hash, version, expires_at, sealed)
+        SELECT session_hash, %(state_version)s, %(state_expires_at)s, %(state_sealed)s
+        FROM target
+        ON CONFLICT (session_hash) DO UPDATE
+            SET version = excluded.version, expires_at = excluded.expires_at,
+                sealed = excluded.sealed, updated_at = now()
+            WHERE excluded.version > sealed_sessions.version
+        RETURNING 1
+    )"""
+
+_REVOCATIONS_CTE = """
+    revocations_row AS (
+        INSERT INTO sealed_revocations (version, sealed)
+        VALUES (%(revocations_version)s, %(revocations_sealed)s)
+        ON CONFLICT (singleton) DO UPDATE
+            SET version = excluded.version, sealed = excluded.sealed, updated_at = now()
+            WHERE excluded.version > sealed_revocations.version
+        RETURNING 1
+    )"""
+
+
+def _state_params(state: SealedBlob) -> dict[str, Any]:
+    return {
+        "state_version": state.version,
+        "state_expires_at": state.expires_at,
+        "state_sealed": state.sealed,
+    }
+
+
+def _revocations_params(revocations: SealedBlob) -> dict[str, Any]:
+    if revocations.session_hash != _NO_SESSION:
+        raise ValueError("not a sealed revocation list")
+    return {"revocations_version": revocations.version, "revocations_sealed": revocations.sealed}
 
 
 class Store:
@@ -466,27 +569,37 @@ class Store:
 
     @_database_errors
     async def revoke_session(
-        self, session_hash: bytes, *, request_id: str, log: LogBatch | None = None
+        self,
+        session_hash: bytes,
+        *,
+        request_id: str,
+        log: LogBatch | None = None,
+        revocations: SealedBlob | None = None,
     ) -> bool:
         """Delete the session and every row of it; True if it existed.
 
-        Credentials, aggregates, audit rows and records go with it through
-        ``ON DELETE CASCADE``, in the same statement. A ``revoke`` audit row is kept,
-        deliberately not linked to the session (no session id, hash or label). The
+        Credentials, aggregates, audit rows, records and the sealed state go with it
+        through ``ON DELETE CASCADE``, in the same statement. A ``revoke`` audit row is
+        kept, deliberately not linked to the session (no session id, hash or label). The
         transparency log stays (it is keyed by the hash, not the row); ``log``, the
-        enclave's final entries and head, is written by the same statement.
+        enclave's final entries and head, is written by the same statement, and so is
+        ``revocations``, the enclave's new sealed revocation list (kept only if newer
+        than the stored one; written even when the session row was already gone).
         """
         params: dict[str, Any] = {"session_hash": session_hash, "request_id": request_id}
-        log_ctes = ""
+        extra_ctes = ""
         if log is not None:
             params |= log.params(session_hash)
-            log_ctes = "," + _LOG_INSERT_CTES
+            extra_ctes += "," + _LOG_INSERT_CTES
+        if revocations is not None:
+            params |= _revocations_params(revocations)
+            extra_ctes += "," + _REVOCATIONS_CTE
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 f"""
                 WITH gone AS (
                     DELETE FROM sessions WHERE session_hash = %(session_hash)s RETURNING id
-                ){log_ctes}
+                ){extra_ctes}
                 INSERT INTO ops_logs (op, request_id, details)
                 SELECT 'revoke', %(request_id)s, '{{}}'::jsonb FROM gone
                 """,  # noqa: S608 - only constant SQL text is interpolated
@@ -581,36 +694,50 @@ class Store:
         payload: JsonObject,
         signature: str,
         request_id: str | None = None,
+        sealed_state: SealedBlob | None = None,
     ) -> None:
         """Store a signed report for the session and its 'aggregates' ops-log entry.
 
         One statement writes both, so a report never lacks its log entry and the
-        request costs one round trip. ``SessionNotFound`` if there is no such session,
-        ``Conflict`` if ``seq`` exists.
+        request costs one round trip. ``sealed_state``, the session's state as of this
+        report, is written by the same statement (kept only if newer than the stored
+        one): a restored enclave then never reissues this ``seq``. ``SessionNotFound``
+        if there is no such session, ``Conflict`` if ``seq`` exists; nothing is stored
+        in either case.
 
         ``payload`` is stored as jsonb: key order and whitespace are not kept, so
         verifiers re-canonicalise it (RFC 8785) before checking ``signature``.
         """
+        params: dict[str, Any] = {
+            "seq": seq,
+            "payload": Jsonb(payload),
+            "signature": signature,
+            "session_hash": session_hash,
+            "request_id": request_id,
+            "details": Jsonb({"seq": seq}),
+        }
+        state_cte = ""
+        if sealed_state is not None:
+            if sealed_state.session_hash != session_hash:
+                raise ValueError("sealed state belongs to another session")
+            params |= _state_params(sealed_state)
+            # The state is written only alongside the report (FROM report).
+            state_cte = f""",
+                target AS (SELECT %(session_hash)s::bytea AS session_hash FROM report),
+                {_SEALED_STATE_CTE}"""  # noqa: S608 - only constant SQL text is interpolated
         async with self._pool.connection() as conn:
             cur = await conn.execute(
-                """
+                f"""
                 WITH report AS (
                     INSERT INTO aggregates (session_id, seq, payload, signature)
                     SELECT id, %(seq)s, %(payload)s, %(signature)s
                     FROM sessions WHERE session_hash = %(session_hash)s
                     RETURNING session_id
-                )
+                ){state_cte}
                 INSERT INTO ops_logs (session_id, op, request_id, details)
                 SELECT session_id, 'aggregates', %(request_id)s, %(details)s FROM report
-                """,
-                {
-                    "seq": seq,
-                    "payload": Jsonb(payload),
-                    "signature": signature,
-                    "session_hash": session_hash,
-                    "request_id": request_id,
-                    "details": Jsonb({"seq": seq}),
-                },
+                """,  # noqa: S608 - only constant SQL text is interpolated
+                params,
             )
             if cur.rowcount == 0:
                 raise SessionNotFound("no such session")
@@ -794,6 +921,212 @@ class Store:
             )
             rows = await cur.fetchall()
         return [RecordMeta(id=row[0], label=row[1], created_at=row[2]) for row in rows]
+
+    # -- enclave identity -----------------------------------------------------------
+
+    @_database_errors
+    @_retry_lost_connection
+    async def get_enclave_identity(self) -> EnclaveIdentity | None:
+        """The stored enclave identity, or None before the first enclave created one."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT key_id, wrapped_key, sealed_keys, created_at FROM enclave_identity"
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return EnclaveIdentity(
+            key_id=row[0], wrapped_key=bytes(row[1]), sealed_keys=bytes(row[2]), created_at=row[3]
+        )
+
+    @_database_errors
+    async def insert_enclave_identity(
+        self, *, key_id: str, wrapped_key: bytes, sealed_keys: bytes
+    ) -> bool:
+        """Store the enclave identity if none is stored yet; True if this call stored it.
+
+        False means another parent stored one first (its enclave won the creation race):
+        the caller must unlock with that one (``get_enclave_identity``). Never replaces.
+        """
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                """
+                INSERT INTO enclave_identity (key_id, wrapped_key, sealed_keys)
+                VALUES (%s, %s, %s)
+                ON CONFLICT (singleton) DO NOTHING
+                """,
+                (key_id, wrapped_key, sealed_keys),
+            )
+            return cur.rowcount == 1
+
+    # -- sealed session states ------------------------------------------------------
+
+    @_database_errors
+    async def store_sealed_state(self, state: SealedBlob) -> bool:
+        """Keep ``state`` as its session's sealed state unless a newer version is stored.
+
+        True if written; False if the stored version is the same or newer (nothing
+        changes). ``SessionNotFound`` if the session is not stored (never was, revoked
+        or purged): a state is never kept without its session.
+        """
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"""
+                WITH target AS (
+                    SELECT session_hash FROM sessions WHERE session_hash = %(session_hash)s
+                ),{_SEALED_STATE_CTE}
+                SELECT (SELECT count(*) FROM target), (SELECT count(*) FROM state_row)
+                """,  # noqa: S608 - only constant SQL text is interpolated
+                {"session_hash": state.session_hash, **_state_params(state)},
+            )
+            row = await cur.fetchone()
+        found, written = (0, 0) if row is None else (int(row[0]), int(row[1]))
+        if not found:
+            raise SessionNotFound("no such session")
+        return written > 0
+
+    @_database_errors
+    async def store_sealed_states(self, states: Sequence[SealedBlob]) -> int:
+        """Keep a batch of sealed states (a checkpoint) in one statement; how many were written.
+
+        Per session the highest version of the batch is considered and kept unless a
+        newer one is stored. States of sessions that are not stored (revoked or purged
+        since the enclave sealed them) are skipped, not errors.
+        """
+        if not states:
+            return 0
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                """
+                INSERT INTO sealed_sessions (session_hash, version, expires_at, sealed)
+                SELECT DISTINCT ON (batch.session_hash)
+                       batch.session_hash, batch.version, batch.expires_at, batch.sealed
+                FROM unnest(%(hashes)s::bytea[], %(versions)s::bigint[],
+                            %(expiries)s::timestamptz[], %(blobs)s::bytea[])
+                     AS batch(session_hash, version, expires_at, sealed)
+                JOIN sessions s ON s.session_hash = batch.session_hash
+                ORDER BY batch.session_hash, batch.version DESC
+                ON CONFLICT (session_hash) DO UPDATE
+                    SET version = excluded.version, expires_at = excluded.expires_at,
+                        sealed = excluded.sealed, updated_at = now()
+                    WHERE excluded.version > sealed_sessions.version
+                """,
+                {
+                    "hashes": [state.session_hash for state in states],
+                    "versions": [state.version for state in states],
+                    "expiries": [state.expires_at for state in states],
+                    "blobs": [state.sealed for state in states],
+                },
+            )
+            return max(cur.rowcount, 0)
+
+    @_database_errors
+    @_retry_lost_connection
+    async def list_sealed_states(
+        self, *, now: datetime, after: bytes | None = None, max_bytes: int, max_rows: int = 1000
+    ) -> list[SealedBlob]:
+        """One page of unexpired sealed states, by session hash after ``after``.
+
+        The page's blobs add up to at most ``max_bytes``, except that it always holds at
+        least one state when any is left (a single state is at most 3 MiB, one frame).
+        Page on with ``after`` = the last hash returned; an empty page is the end.
+        """
+        if max_bytes < 1 or max_rows < 1:
+            raise ValueError("max_bytes and max_rows must be positive")
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                """
+                SELECT session_hash, version, expires_at, sealed FROM (
+                    SELECT session_hash, version, expires_at, sealed,
+                           sum(octet_length(sealed)) OVER (ORDER BY session_hash) AS running,
+                           row_number() OVER (ORDER BY session_hash) AS position
+                    FROM sealed_sessions
+                    -- The empty bytea sorts before every hash: the first page.
+                    WHERE expires_at > %(now)s AND session_hash > %(after)s
+                    ORDER BY session_hash
+                    LIMIT %(max_rows)s
+                ) AS page
+                WHERE running <= %(max_bytes)s OR position = 1
+                ORDER BY session_hash
+                """,
+                {
+                    "now": _require_aware(now),
+                    "after": b"" if after is None else after,
+                    "max_rows": max_rows,
+                    "max_bytes": max_bytes,
+                },
+            )
+            rows = await cur.fetchall()
+        return [
+            SealedBlob(
+                session_hash=bytes(row[0]), version=row[1], expires_at=row[2], sealed=bytes(row[3])
+            )
+            for row in rows
+        ]
+
+    async def sealed_state_batches(
+        self, *, now: datetime, max_batch_bytes: int
+    ) -> AsyncIterator[list[SealedBlob]]:
+        """Every unexpired sealed state, in batches whose blobs add up to < ``max_batch_bytes``.
+
+        A state alone larger than that forms a batch of its own. Each batch is read on
+        its own connection checkout, so none is held while the caller uses a batch.
+        """
+        after: bytes | None = None
+        while True:
+            page = await self.list_sealed_states(
+                now=now, after=after, max_bytes=max_batch_bytes - 1, max_rows=_SEALED_PAGE_ROWS
+            )
+            if not page:
+                return
+            yield page
+            after = page[-1].session_hash
+
+    @_database_errors
+    @_retry_lost_connection
+    async def get_sealed_state(self, session_hash: bytes) -> SealedBlob | None:
+        """The stored sealed state of that session, or None."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT session_hash, version, expires_at, sealed FROM sealed_sessions"
+                " WHERE session_hash = %s",
+                (session_hash,),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return SealedBlob(
+            session_hash=bytes(row[0]), version=row[1], expires_at=row[2], sealed=bytes(row[3])
+        )
+
+    # -- sealed revocation list -----------------------------------------------------
+
+    @_database_errors
+    async def store_revocations(self, revocations: SealedBlob) -> bool:
+        """Keep the sealed revocation list unless a newer version is stored; True if written."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"WITH{_REVOCATIONS_CTE} SELECT count(*) FROM revocations_row",  # noqa: S608
+                _revocations_params(revocations),
+            )
+            row = await cur.fetchone()
+        return bool(row and row[0])
+
+    @_database_errors
+    @_retry_lost_connection
+    async def get_revocations(self) -> SealedBlob | None:
+        """The stored sealed revocation list, or None before the first revoke."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("SELECT version, sealed FROM sealed_revocations")
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return SealedBlob(
+            session_hash=_NO_SESSION,
+            version=row[0],
+            expires_at=datetime.fromtimestamp(0, UTC),
+            sealed=bytes(row[1]),
+        )
 
     # -- health ---------------------------------------------------------------------
 

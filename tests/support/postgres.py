@@ -61,6 +61,9 @@ TABLES = (
     "merkle_logs",
     "ops_logs",
     "records",
+    "enclave_identity",
+    "sealed_sessions",
+    "sealed_revocations",
 )
 
 
