@@ -333,6 +333,12 @@ def _verify(
         for payload in payloads:
             if logged.get(_seq(payload)) != report_hash(payload):
                 checks.fail("log", f"report seq {payload.get('seq')} is not in the log")
+            # The log holds every report's hash: the first report shown links to the one
+            # before it even when that one is not in the bundle.
+            if _seq(payload) > 1 and logged.get(_seq(payload) - 1) != payload.get(
+                "prev_report_hash"
+            ):
+                checks.fail("chain", f"report seq {payload.get('seq')} does not link to the log")
         checks.check(
             "log",
             True,

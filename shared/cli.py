@@ -717,6 +717,7 @@ def cmd_status(ctx: Context) -> int:
         seq = payload.get("seq")
         if isinstance(seq, int) and not isinstance(seq, bool):
             ctx.keystore.with_report(ref.stored, seq=seq, report_hash=digest)
+            ctx.keystore.add_report(ref.stored.name, payload, report.signature)
     data = {
         "verified": True,
         "session": ref.name,
@@ -1022,6 +1023,12 @@ def cmd_disclose(ctx: Context) -> int:
         trade = verify_disclosure(disclosure, report_payload=report.payload)
     except DisclosureError as exc:
         raise VerificationFailed(f"the disclosure does not verify: {exc.reason}") from None
+    if ref.stored is not None:  # a verified report like any other: kept for export
+        _check_chain(ref.stored, report.payload)
+        ctx.keystore.with_report(
+            ref.stored, seq=report.payload["seq"], report_hash=report_hash(report.payload)
+        )
+        ctx.keystore.add_report(ref.stored.name, report.payload, report.signature)
     output = _opt(ctx.args, "output", None)
     if output is not None:
         _write_new_file(Path(output), json.dumps(disclosure, indent=2, sort_keys=True) + "\n")
@@ -1070,10 +1077,18 @@ def cmd_export(ctx: Context) -> int:
             for symbol, trade_id in refs
         ]
     assert quote.nonce is not None  # attest() always sends one
+    fresh = {"payload": report.payload, "signature": report.signature}
+    chain = [fresh]
+    if ref.stored is not None:
+        ctx.keystore.with_report(
+            ref.stored, seq=report.payload["seq"], report_hash=report_hash(report.payload)
+        )
+        ctx.keystore.add_report(ref.stored.name, report.payload, report.signature)
+        chain = _kept_chain(ctx.keystore.reports(ref.stored.name), fresh)
     bundle = build_bundle(
         document=quote.document,
         nonce=quote.nonce,
-        reports=[{"payload": report.payload, "signature": report.signature}],
+        reports=chain,
         pcrs=settings.expected_pcrs or {},
         pcrs_description=str(settings.pcrs_source),
         disclosures=disclosures,
@@ -1097,6 +1112,18 @@ def cmd_export(ctx: Context) -> int:
         ),
     )
     return ExitCode.OK
+
+
+def _kept_chain(kept: Sequence[Mapping[str, Any]], last: Mapping[str, Any]) -> list[Any]:
+    """The kept reports that chain, by seq and hash, up to ``last``: the bundle's claim."""
+    by_seq = {r["payload"].get("seq"): r for r in kept}
+    chain = [last]
+    while True:
+        payload = chain[0]["payload"]
+        previous = by_seq.get(payload.get("seq", 0) - 1)
+        if previous is None or report_hash(previous["payload"]) != payload.get("prev_report_hash"):
+            return chain
+        chain.insert(0, previous)
 
 
 def _parse_at(value: str | None) -> datetime | None:

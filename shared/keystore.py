@@ -43,6 +43,7 @@ from shared.ids import is_session_id
 __all__ = [
     "FORMAT_VERSION",
     "KEYRING_SERVICE",
+    "MAX_KEPT_REPORTS",
     "KeyStore",
     "KeyStoreError",
     "KeyringBackend",
@@ -56,6 +57,7 @@ KEYRING_SERVICE: Final = "perf-agg"
 
 _NAME: Final = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _MAX_FILE_BYTES: Final = 64 * 1024
+MAX_KEPT_REPORTS: Final = 30
 _PRIVATE_FILE: Final = 0o600
 _PRIVATE_DIR: Final = 0o700
 _PUBLIC_FIELDS: Final = (
@@ -410,6 +412,8 @@ class KeyStore:
             with contextlib.suppress(Exception):
                 self._keyring.delete_password(KEYRING_SERVICE, self._keyring_user(name))
         os.unlink(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._reports_path(name))
         self._sync_directory()
 
     def with_report(self, session: StoredSession, *, seq: int, report_hash: str) -> StoredSession:
@@ -417,6 +421,42 @@ class KeyStore:
         updated = replace(session, last_seq=seq, last_report_hash=report_hash)
         self.update(updated)
         return updated
+
+    # ------------------------------------------------------------------ reports
+
+    def _reports_path(self, name: str) -> Path:
+        # Not *.json: names() lists sessions by that suffix.
+        return self._directory / f"{_check_name(name)}.reports"
+
+    def reports(self, name: str) -> list[dict[str, Any]]:
+        """The verified reports kept for ``name`` (``{payload, signature}``), oldest first."""
+        path = self._reports_path(name)
+        if not os.path.lexists(path):
+            return []
+        reports = self._read(path).get("reports")
+        if not isinstance(reports, list):
+            raise KeyStoreError(f"{path} is not a reports file")
+        return [r for r in reports if isinstance(r, dict) and set(r) == {"payload", "signature"}]
+
+    def add_report(self, name: str, payload: Mapping[str, Any], signature: str) -> None:
+        """Keep a verified report (same 0600 rules), the newest ``MAX_KEPT_REPORTS`` only.
+
+        ``perf-agg export`` puts the chain of kept reports into proof bundles.
+        """
+        kept = [r for r in self.reports(name) if r["payload"].get("seq") != payload.get("seq")]
+        kept.append({"payload": dict(payload), "signature": signature})
+        kept.sort(key=lambda r: r["payload"].get("seq") or 0)
+        kept = kept[-MAX_KEPT_REPORTS:]
+        while len(kept) > 1 and (
+            len(json.dumps({"v": FORMAT_VERSION, "reports": kept}, indent=2, sort_keys=True))
+            > _MAX_FILE_BYTES - 64
+        ):
+            kept = kept[1:]  # the oldest goes first
+        self._write(
+            self._reports_path(name),
+            {"v": FORMAT_VERSION, "reports": kept},
+            replace_existing=True,
+        )
 
     def with_log_head(self, session: StoredSession, head: dict[str, Any]) -> StoredSession:
         """Remember the newest verified log tree head (payload) and return the updated copy."""

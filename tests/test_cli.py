@@ -555,3 +555,24 @@ def test_verify_reports_bad_files_and_times(
         ["verify", str(tmp_path / "other.json"), *flags, "--at", "noon"], env, capsys
     )
     assert code == 1 and "ISO 8601" in err
+
+
+def test_keystore_keeps_the_newest_verified_reports_privately(tmp_path: Path) -> None:
+    """Reports kept for export: 0600, one per seq, newest kept when the file is full,
+    not listed as a session, deleted with the session."""
+    keystore = KeyStore(tmp_path / "home" / "sessions")
+    keystore.save(stored_session())
+    for seq in (2, 1, 2):
+        keystore.add_report("desk", {"seq": seq, "pnl": "1", "pad": "x" * 3000}, f"sig{seq}")
+    kept = keystore.reports("desk")
+    assert [r["payload"]["seq"] for r in kept] == [1, 2]
+    path = keystore.directory / "desk.reports"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert keystore.names() == ["desk"]
+    for seq in range(3, 60):
+        keystore.add_report("desk", {"seq": seq, "pad": "x" * 3000}, f"sig{seq}")
+    kept = keystore.reports("desk")
+    assert kept[-1]["payload"]["seq"] == 59 and len(kept) < 30
+    assert [r["payload"]["seq"] for r in kept] == list(range(60 - len(kept), 60))
+    keystore.delete("desk")
+    assert not path.exists()

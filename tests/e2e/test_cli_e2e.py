@@ -7,6 +7,7 @@ it, configured by a config.toml and environment variables only (secrets never in
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -345,6 +346,11 @@ def test_logs_disclose_export_and_offline_verify(
     again = json_of(perf_agg(home, "logs", "--session", "proof", "--json"))
     assert again["consistent_with_previous"] is True  # the stored head was extended
 
+    for seq in (1, 2):  # verified reports are kept for the bundle's chain
+        assert (
+            json_of(perf_agg(home, "status", "--session", "proof", "--json"))["payload"]["seq"]
+            == seq
+        )
     symbol, trade_id = sorted(stack.truth("coinbase"))[0]
     disclosed = json_of(
         perf_agg(home, "disclose", f"{symbol}:{trade_id}", "--session", "proof", "--json")
@@ -358,6 +364,12 @@ def test_logs_disclose_export_and_offline_verify(
                  "--disclose", f"{symbol}:{trade_id}", "--json")
     )  # fmt: skip
     assert exported["verdict"]["ok"] is True
+    assert [r["payload"]["seq"] for r in json.loads(bundle_path.read_text())["reports"]] == [
+        1,
+        2,
+        3,
+        4,
+    ]
     assert bundle_path.stat().st_mode & 0o777 == 0o600
     # The reader has only the file, the published PCRs and the root: no server, no keystore.
     reader = tmp_path / "reader"
@@ -374,7 +386,13 @@ def test_logs_disclose_export_and_offline_verify(
 
     # Tampered copies fail with exit 4 and name the check.
     bundle = json.loads(bundle_path.read_text())
+    document = bytearray(base64.b64decode(bundle["attestation"]["document"]))
+    document[-5] ^= 1
     variants = {
+        "attestation": lambda b: b["attestation"].__setitem__(
+            "document", base64.b64encode(bytes(document)).decode()
+        ),
+        "chain": lambda b: b["reports"].pop(1),
         "signature": lambda b: b["reports"][0]["payload"].__setitem__("pnl", "99999"),
         "disclosures": lambda b: b["disclosures"][0]["fields"].__setitem__("price", "1"),
         "log": lambda b: b["log"]["entries"].pop(),
