@@ -608,6 +608,12 @@ def main(argv: list[str] | None = None) -> int:
         egress_tcp_port=args.egress_port,
     )
     started = time.monotonic()
+
+    def terminate(_signum: int, _frame: object) -> None:
+        # `kill` / systemd stop: leave through ``finally`` so every child is stopped too.
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, terminate)
     try:
         console.print(f"Starting the local stack in {stack.state_dir} ...")
         stack.start()
