@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from enclave.aggregator import Aggregator, AggregatorConfig
 from enclave.commitments import TradeSource, leaf_fields
+from enclave.exchanges.history import Trade
 from enclave.keys import KeyRing, keys_from_seed
 from enclave.kms import AwsCredentials, KmsError, KmsPort, RecipientKey
 from enclave.nsm import NsmClient, NsmError
@@ -203,6 +204,10 @@ class EnclaveService:
         self._kms_key_id = kms_key_id
         self._vault: Vault | None = None
         self._revocations = RevocationList()
+        # Restored sessions this replica does not poll (yet): the trades read before,
+        # kept until a Lease acquires the session (polling resumes from them) or
+        # releases it. Sealing such a session seals these trades.
+        self._parked: dict[bytes, list[Trade]] = {}
         self.counters: Counter[str] = Counter()
         self._handlers: Mapping[
             type[p.Request], Callable[[Any], p.Reply | Coroutine[Any, Any, p.Reply]]
@@ -217,6 +222,7 @@ class EnclaveService:
             p.Logs: self._logs,
             p.DiscloseTrade: self._disclose_trade,
             p.Restore: self._restore,
+            p.Lease: self._lease,
             p.Unlock: self._unlock,
             p.Checkpoint: self._checkpoint,
             p.SealRecord: self._seal_record,
@@ -263,9 +269,12 @@ class EnclaveService:
         purged = self._sessions.purge(now=self._clock())
         for session in self._sessions.active(now=self._clock()):
             self._observe_polling(session)
+        held = self._sessions.hashes()
         if self._polling is not None:
             # Also catches sessions get_active dropped lazily on expiry.
-            self._polling.prune(self._sessions.hashes())
+            self._polling.prune(held)
+        for gone in [digest for digest in self._parked if digest not in held]:
+            del self._parked[gone]
         if purged:
             self.counters["ttl.purged"] += purged
             log.info("sessions_purged", count=purged)
@@ -461,6 +470,7 @@ class EnclaveService:
             )
             revocations = self._revocations.seal(self._vault)
         self._sessions.remove(session.session_hash)
+        self._parked.pop(session.session_hash, None)
         if self._polling is not None:
             self._polling.stop(session.session_hash)
         log.info("session_revoked", session=_short_hash(session.session_hash))
@@ -572,7 +582,9 @@ class EnclaveService:
         if self._vault is None:
             return None
         ledger = None if self._polling is None else self._polling.trades(session.session_hash)
-        trades = [] if ledger is None else list(ledger)
+        # Not polled here: the trades it was restored with (never an empty list that
+        # would drop them from the next sealed version).
+        trades = self._parked.get(session.session_hash, []) if ledger is None else list(ledger)
         try:
             return seal_session(self._vault, session, trades)
         except StateTooLarge:
@@ -580,7 +592,10 @@ class EnclaveService:
             return None
 
     def _restore(self, request: p.Restore) -> p.RestoreReply:
-        """Install sealed sessions (not revoked, not expired, not older than held ones)."""
+        """Install sealed sessions (not revoked, not expired, not older than held ones).
+
+        Restored sessions are served but not polled until a ``Lease`` acquires them.
+        """
         vault = self._require_vault()
         if request.revocations is not None:
             try:
@@ -604,16 +619,59 @@ class EnclaveService:
             if not self._sessions.restore(session):
                 refused += 1
                 continue
-            if self._polling is not None:
-                self._polling.stop(session.session_hash)  # an older copy, if any
+            # An older copy that was polled here goes on polling from the newer state;
+            # any other restored session waits for a Lease to acquire it, so that only
+            # the replica holding its lease polls it.
+            if self._polling is not None and self._polling.stop(session.session_hash):
+                self._parked.pop(session.session_hash, None)
                 self._polling.start(
                     session.session_hash, session.exchange, session.credentials, rebuilt.trades
                 )
+            else:
+                self._parked[session.session_hash] = rebuilt.trades
             restored += 1
         if restored or refused:
             log.info("sessions_restored", restored=restored, refused=refused)
         self.counters["restore.sessions"] += restored
         return p.RestoreReply(request_id=request.request_id, restored=restored, refused=refused)
+
+    def _lease(self, request: p.Lease) -> p.LeaseReply:
+        """Poll the acquired sessions; stop polling and forget the released ones.
+
+        A released session is served by the replica that took its lease over, from
+        the stored state: this copy would go stale, so it is dropped (no checkpoint of
+        it is stored either: the store writes only the lease holder's states).
+        """
+        self._require_vault()
+        released = 0
+        for digest in request.release:
+            self._parked.pop(digest, None)
+            if self._polling is not None:
+                self._polling.stop(digest)
+            released += self._sessions.remove(digest)
+        now = self._clock()
+        acquired = 0
+        for digest in request.acquire:
+            session = self._sessions.get_active(digest, now=now)
+            if session is None or self._polling is None:
+                continue
+            trades = self._parked.pop(digest, None)
+            if trades is None:
+                if self._polling.status(digest) is not None:
+                    continue  # polled already (it was opened here)
+                trades = []
+            self._polling.start(digest, session.exchange, session.credentials, trades)
+            acquired += 1
+        if acquired or released:
+            log.info("leases_changed", acquired=acquired, released=released)
+        self.counters["lease.acquired"] += acquired
+        self.counters["lease.released"] += released
+        polling = 0
+        if self._polling is not None:
+            polling = sum(
+                1 for digest in self._sessions.hashes() if self._polling.status(digest) is not None
+            )
+        return p.LeaseReply(request_id=request.request_id, polling=polling)
 
     def _checkpoint(self, request: p.Checkpoint) -> p.CheckpointReply:
         """Seal the sessions that changed (polling progress included) since last time."""

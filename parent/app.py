@@ -20,7 +20,13 @@ from parent.api import attestation, logs, operations, records, sessions
 from parent.api.middlewares import cors, errors, observe, rate_limit
 from parent.api.operations import READINESS, Readiness
 from parent.api.purge import purge_context
-from parent.api.services import SERVICES, EnclavePort, Services, SessionLogSource
+from parent.api.services import (
+    SERVICES,
+    EnclavePort,
+    ReplicaRouter,
+    Services,
+    SessionLogSource,
+)
 from parent.config import ParentConfig
 from parent.db.store import Store
 from parent.metrics import ApiMetrics
@@ -45,12 +51,14 @@ def create_app(
     monotonic: Callable[[], float] = time.monotonic,
     run_purge: bool = True,
     readiness: Readiness | None = None,
+    router: ReplicaRouter | None = None,
 ) -> web.Application:
     """Build the HTTPS API application (serve it with an ssl context; it never runs plain HTTP).
 
     ``clock`` (timezone-aware UTC) decides expiry; ``monotonic`` drives the rate limiter.
     ``run_purge`` starts the TTL purge task with the app. ``readiness`` (sealing on)
-    keeps ``/readyz`` at 503 until the enclave is unlocked and restored.
+    keeps ``/readyz`` at 503 until the enclave is unlocked and restored. ``router``
+    (replicas sharing the database) sends session requests to the lease holder.
     """
     app = web.Application(
         # Outermost first: the request id and log line cover everything below, CORS
@@ -70,6 +78,7 @@ def create_app(
         session_log=session_log if session_log is not None else store,
         clock=clock,
         monotonic=monotonic,
+        router=router,
     )
     spec = build_openapi(
         min_ttl_seconds=config.min_ttl_seconds,

@@ -17,10 +17,13 @@ import enum
 import ipaddress
 import os
 import re
+import secrets
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from psycopg import ProgrammingError
 from psycopg.conninfo import conninfo_to_dict
@@ -158,6 +161,25 @@ class ParentConfig:
     # the sealed states of sessions that changed and stores them. Security: bounds the
     # polling progress an enclave crash can lose (a report's state is stored with it).
     checkpoint_interval_seconds: int = 10
+    # REPLICA_ID (default: this host's name + "-" + 8 random hex digits, new at each
+    # start): the name this parent holds session leases under in the shared database
+    # (parent/leases.py). Must differ between the parents sharing one database; the
+    # random default guarantees it. Security: public (the operator sees the leases).
+    replica_id: str = field(default_factory=lambda: _default_replica_id())
+    # REPLICA_URL (default https://HOST:ENCLAVE_PORT, the host's name when HOST is a
+    # wildcard address): how the other parents reach this one over HTTPS to forward
+    # requests for sessions whose lease it holds. Security: TLS is verified against
+    # REPLICA_CA_FILE; forwarded requests carry the deployment's replica secret.
+    replica_url: str = ""
+    # REPLICA_CA_FILE (default: the dev CA in STATE_DIR/tls when certificates are
+    # generated, else the system trust store): the CA the other parents' certificates
+    # are verified against when forwarding. Security: never unverified TLS.
+    replica_ca_file: Path | None = None
+    # LEASE_SECONDS (default 15; 1..600): how long a session lease lasts without renewal.
+    # Renewals and takeovers run every LEASE_SECONDS/3; a dead replica's sessions are
+    # taken over within one lease period plus one sweep. Security: shorter means faster
+    # failover and more database writes; one replica polls and writes each session.
+    lease_seconds: int = 15
 
     @property
     def egress_address(self) -> VsockAddress:
@@ -272,7 +294,20 @@ class ParentConfig:
             aws_secret_access_key=secret_access_key,
             aws_session_token=session_token,
             checkpoint_interval_seconds=integer("CHECKPOINT_INTERVAL_SECONDS", 10, 1, 3600),
+            replica_id=_replica_id(text("REPLICA_ID")),
+            replica_ca_file=_optional_path(text("REPLICA_CA_FILE")),
+            lease_seconds=integer("LEASE_SECONDS", 15, 1, 600),
         )
+        config = dataclasses.replace(
+            config,
+            replica_url=_replica_url(text("REPLICA_URL"), host=config.host, port=config.port),
+        )
+        if config.replica_ca_file is None and config.tls_cert_file is None:
+            # Generated certificates: the other parents' certificates come from the
+            # same dev CA (they share STATE_DIR in the local stack).
+            config = dataclasses.replace(
+                config, replica_ca_file=config.state_dir / "tls" / "ca.pem"
+            )
         for target in config.egress_host_overrides:
             if not config.egress_allowlist.is_allowed(*target):
                 raise ConfigError(
@@ -299,6 +334,54 @@ class ParentConfig:
                         f"VSOCK_PORT_MAP has no entry for the {name} address {address}"
                     )
         return config
+
+
+_REPLICA_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
+
+
+def _optional_path(value: str | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
+def _default_replica_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:100] or "parent"
+    return f"{host}-{secrets.token_hex(4)}"
+
+
+def _replica_id(value: str | None) -> str:
+    if value is None:
+        return _default_replica_id()
+    if not _REPLICA_ID.match(value):
+        raise ConfigError("REPLICA_ID must be 1..128 of A-Z a-z 0-9 . _ : - (no spaces)")
+    return value
+
+
+def _replica_url(value: str | None, *, host: str, port: int) -> str:
+    if value is None:
+        address = ipaddress.ip_address(host)
+        if address.is_unspecified:
+            name = socket.gethostname()
+        else:
+            name = f"[{address}]" if address.version == 6 else str(address)
+        return f"https://{name}:{port}"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError("REPLICA_URL must be https://host[:port]") from None
+    if (
+        parts.scheme != "https"
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+        or len(value) > 512
+        or not value.isprintable()
+        or " " in value
+    ):
+        raise ConfigError("REPLICA_URL must be https://host[:port] (no path, no credentials)")
+    return value.rstrip("/")
 
 
 def _allowlist(value: str | None) -> Allowlist:

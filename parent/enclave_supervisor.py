@@ -12,7 +12,10 @@ it sees the enclave locked (first start, or a restart), then checkpoints::
       created:   --insert_enclave_identity--> DB (once: a parent that loses the race
                  to store its new identity unlocks again with the winner's)
     supervisor --get_revocations, sealed_state_batches--> DB
+      (with leases: renew_leases first, and only the sessions this replica holds)
     supervisor --Restore(revocation list), Restore(batch < 3 MiB)...--> enclave
+      (with leases: --Lease(acquire=held)--> enclave: polling resumes; parent/leases.py
+      takes free and expired leases from then on)
       ready: the gate opens, /readyz answers 200, recovery time is recorded
     every CHECKPOINT_INTERVAL_SECONDS while ready:
     supervisor --Checkpoint--> enclave --states--> store_sealed_states --> DB, while more
@@ -48,6 +51,7 @@ from parent.config import ParentConfig
 from parent.db.errors import StoreError
 from parent.db.store import EnclaveIdentity, SealedBlob, Store
 from parent.enclave_client import EnclaveClientError, EnclaveRefused, EnclaveUnavailable
+from parent.leases import LeaseManager
 from parent.metrics import ApiMetrics
 from shared import protocol as p
 from shared.errors import PerfAggError
@@ -222,7 +226,9 @@ class EnclaveSupervisor:
         checkpoint_max_sessions: int = _CHECKPOINT_MAX_SESSIONS,
         clock: Callable[[], datetime] = _utc_now,
         monotonic: Callable[[], float] = time.monotonic,
+        leases: LeaseManager | None = None,
     ) -> None:
+        """``leases``: replicas share the database; restore only what this one holds."""
         if not 0 < restore_batch_bytes <= RESTORE_BATCH_BYTES:
             raise ValueError("restore_batch_bytes must be 1..3 MiB")
         self._enclave = enclave
@@ -238,6 +244,7 @@ class EnclaveSupervisor:
         self._checkpoint_max_sessions = checkpoint_max_sessions
         self._clock = clock
         self._monotonic = monotonic
+        self._leases = leases
         self._phase = Phase.STARTING
         self._unlocked = False  # this enclave incarnation was unlocked by us
         self._restored = False  # ... and every stored session replayed into it
@@ -369,6 +376,8 @@ class EnclaveSupervisor:
             self._recovery_started = now
         self._unlocked = self._restored = False
         self._created = None  # that enclave and its unstored identity are gone
+        if self._leases is not None:
+            self._leases.reset()
         if self._phase is not Phase.LOCKED:
             self._set_phase(Phase.LOCKED)
 
@@ -491,7 +500,33 @@ class EnclaveSupervisor:
             raise RecoveryError("enclave_unreachable", "the enclave did not answer") from None
 
     async def _restore(self) -> tuple[int, int]:
-        """Replay the revocation list, then every unexpired stored state, in batches."""
+        """Replay the revocation list, then every unexpired stored state, in batches.
+
+        With leases: only the states of sessions this replica holds, then a Lease that
+        starts polling them, all under the lease manager's lock.
+        """
+        if self._leases is None:
+            return await self._restore_states(held=None)
+        async with self._leases.lock:
+            try:
+                held = await self._store.renew_leases()
+            except StoreError as exc:
+                raise RecoveryError(
+                    "database", f"leases not renewed ({type(exc).__name__})"
+                ) from exc
+            counts = await self._restore_states(held=held)
+            try:
+                await self._enclave.call(
+                    p.Lease(request_id=0, acquire=tuple(sorted(held)), release=()), p.LeaseReply
+                )
+            except EnclaveRefused as exc:
+                raise RecoveryError(f"lease_{exc.code.value}", exc.message) from None
+            except EnclaveUnavailable:
+                raise RecoveryError("enclave_unreachable", "the enclave did not answer") from None
+            self._leases.synced(held)
+            return counts
+
+    async def _restore_states(self, *, held: frozenset[bytes] | None) -> tuple[int, int]:
         try:
             await self._flush_pending()  # checkpoint states a failed write left behind
             revocations = await self._store.get_revocations()
@@ -500,7 +535,9 @@ class EnclaveSupervisor:
                 # First and on its own: every state after it is checked against it.
                 await self._call_restore((), revocations.sealed)
             batches = self._store.sealed_state_batches(
-                now=self._clock(), max_batch_bytes=self._restore_batch_bytes
+                now=self._clock(),
+                max_batch_bytes=self._restore_batch_bytes,
+                held_only=held is not None,
             )
             async for batch in batches:
                 reply = await self._call_restore(tuple(s.sealed for s in batch), None)

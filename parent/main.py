@@ -3,10 +3,12 @@
 ``serve(config)`` builds, in order::
 
     logging -> TLS files + SSL context -> database (DATABASE_URL, or the embedded
-    PostgreSQL under STATE_DIR, migrated) -> Store (app_service role) -> enclave client
-    (vsock or tcp-sim, connecting in the background) -> egress proxy for the enclave
-    (allowlist) -> enclave supervisor (SEALING=kms: unlock, restore, checkpoint) ->
-    aiohttp app (+ TTL purge) -> HTTPS site on HOST:ENCLAVE_PORT
+    PostgreSQL under STATE_DIR, migrated) -> Store (app_service role; with SEALING=kms
+    it holds session leases as REPLICA_ID) -> enclave client (vsock or tcp-sim,
+    connecting in the background) -> egress proxy for the enclave (allowlist) ->
+    enclave supervisor (SEALING=kms: unlock, restore held sessions, checkpoint) + lease
+    manager (renew, take over, release) + session router (forward to the lease holder)
+    -> aiohttp app (+ TTL purge) -> HTTPS site on HOST:ENCLAVE_PORT
 
 and runs until cancelled, then tears everything down in reverse. The parent starts
 even when the enclave is not up yet: enclave-backed requests answer 503 until the
@@ -23,19 +25,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
 
+from parent.api.forwarding import SessionRouter
 from parent.api.services import EnclavePort
 from parent.app import create_app
 from parent.config import ConfigError, Mode, ParentConfig
 from parent.db.embedded import EmbeddedPostgres
-from parent.db.store import Store
+from parent.db.store import LeaseHolder, Store
 from parent.egress import ParentEgress
 from parent.enclave_client import EnclaveClient
 from parent.enclave_supervisor import EnclaveSupervisor, credentials_from_config
+from parent.leases import LeaseManager
 from parent.metrics import ApiMetrics
 from parent.tls import TlsFiles, ensure_dev_certificates, server_ssl_context
 from shared.io.transport import VMADDR_CID_ANY, VsockAddress, transport_from_config
@@ -64,8 +69,18 @@ async def _database(config: ParentConfig) -> AsyncIterator[Store]:
         embedded = EmbeddedPostgres(config.state_dir)
         # initdb / pg_ctl are blocking subprocess calls: keep them off the event loop.
         conninfo = (await asyncio.to_thread(embedded.start)).app
+    # Leases only make sense with sealed state another replica can restore.
+    holder = (
+        LeaseHolder(
+            replica_id=config.replica_id,
+            url=config.replica_url,
+            lease_seconds=config.lease_seconds,
+        )
+        if config.sealing == "kms"
+        else None
+    )
     try:
-        store = await Store.open(conninfo)
+        store = await Store.open(conninfo, holder=holder)
         try:
             yield store
         finally:
@@ -99,11 +114,27 @@ async def serve(config: ParentConfig) -> None:
         )
         await egress.start()
         supervisor: EnclaveSupervisor | None = None
+        leases: LeaseManager | None = None
+        router: SessionRouter | None = None
         api_enclave: EnclavePort = enclave
         if config.sealing == "kms":
             if config.kms_key_id is None or config.aws_region is None:
                 # from_env refuses this; a config built by hand must not slip through.
                 raise ConfigError("SEALING=kms needs KMS_KEY_ID and AWS_REGION")
+            leases = LeaseManager(
+                enclave,
+                store,
+                ready=lambda: supervisor is not None and supervisor.ready,
+                lease_seconds=config.lease_seconds,
+            )
+            router = SessionRouter(
+                store,
+                leases,
+                secret=await store.replica_secret(),
+                ssl_context=ssl.create_default_context(
+                    cafile=None if config.replica_ca_file is None else str(config.replica_ca_file)
+                ),
+            )
             supervisor = EnclaveSupervisor(
                 enclave,
                 store,
@@ -112,14 +143,22 @@ async def serve(config: ParentConfig) -> None:
                 credentials=credentials_from_config(config),
                 metrics=metrics,
                 checkpoint_interval=config.checkpoint_interval_seconds,
+                leases=leases,
             )
             api_enclave = supervisor.gate(enclave)
             await supervisor.start()
+            await leases.start()
+            await router.start()
         else:
             log.warning("sealing_off", consequence="an enclave restart loses every session")
         try:
             app = create_app(
-                config, store=store, enclave=api_enclave, metrics=metrics, readiness=supervisor
+                config,
+                store=store,
+                enclave=api_enclave,
+                metrics=metrics,
+                readiness=supervisor,
+                router=router,
             )
             # access_log=None: our own request log line replaces aiohttp's, which
             # would print concrete paths (and so session ids).
@@ -138,11 +177,19 @@ async def serve(config: ParentConfig) -> None:
                     database="external" if config.database_url else "embedded",
                     sealing=config.sealing,
                     ca_file=None if files.ca_file is None else str(files.ca_file),
+                    replica=None if leases is None else config.replica_id,
+                    replica_url=None if leases is None else config.replica_url,
+                    lease_seconds=None if leases is None else config.lease_seconds,
                 )
                 await asyncio.Event().wait()  # until cancelled
             finally:
                 await runner.cleanup()
         finally:
+            if router is not None:
+                await router.close()
+            if leases is not None:
+                # Let the other replicas take our sessions over at once.
+                await leases.close(release=True)
             if supervisor is not None:
                 await supervisor.close()
             await egress.close()

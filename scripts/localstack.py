@@ -82,11 +82,13 @@ class LocalStack:
         extra_env: Mapping[str, str] | None = None,
         enclave_extra_allow: tuple[str, ...] = (),
         sealing: bool = True,
+        log_prefix: str = "",
     ) -> None:
         """``enclave_extra_allow``: allowlist entries the enclave has and the parent does
         not, for tests of the parent's own refusal. ``sealing``: run the KMS simulator and
         seal enclave state under it (the product's default; off only for tests that
-        need an enclave without KMS)."""
+        need an enclave without KMS). ``log_prefix``: prepended to the process log names
+        (a second replica's logs sit beside the first one's)."""
         self.state_dir = state_dir.resolve()
         self.parent_port = parent_port
         self.enclave_tcp_port = enclave_tcp_port
@@ -103,6 +105,7 @@ class LocalStack:
         self.kms_port: int | None = None
         self.enclave: subprocess.Popen[bytes] | None = None
         self.parent: subprocess.Popen[bytes] | None = None
+        self.log_prefix = log_prefix
         self._logs: list[IO[bytes]] = []
 
     # ------------------------------------------------------------------ paths
@@ -236,7 +239,7 @@ class LocalStack:
 
     def _spawn(self, name: str) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.log_dir / f"{name}.log").open("ab")
+        log = (self.log_dir / f"{self.log_prefix}{name}.log").open("ab")
         self._logs.append(log)
         args = [sys.executable, "-m", name] + (
             ["run"]
@@ -364,6 +367,53 @@ class LocalStack:
             time.sleep(0.1)
         raise StackError(f"parent not ready within {timeout:.0f} s (last: {last})")
 
+    def app_database_url(self) -> str:
+        """The app_service conninfo of this stack's embedded PostgreSQL (the parent
+        started it; a second replica shares it)."""
+        from parent.db.embedded import EmbeddedPostgres  # importing pgserver has side effects
+
+        return EmbeddedPostgres(self.state_dir).app_conninfo()
+
+    def start_replica(
+        self,
+        *,
+        parent_port: int,
+        enclave_tcp_port: int,
+        extra_env: Mapping[str, str] | None = None,
+        name: str = "replica2",
+    ) -> LocalStack:
+        """Start a second enclave + parent pair beside this running stack; return it.
+
+        It shares this stack's embedded PostgreSQL (``DATABASE_URL``: the app role's
+        conninfo), KMS simulator, fake exchanges and state directory (dev TLS CA, NSM
+        simulator root: both enclaves run the same code, so they measure the same PCRs
+        and KMS releases the same data key to both). Its own processes log to
+        ``logs/<name>-*.log``; ``stop`` on it stops only them.
+        """
+        replica = LocalStack(
+            self.state_dir,
+            parent_port=parent_port,
+            enclave_tcp_port=enclave_tcp_port,
+            extra_env={
+                **self.extra_env,
+                **(extra_env or {}),
+                "DATABASE_URL": self.app_database_url(),
+            },
+            enclave_extra_allow=self.enclave_extra_allow,
+            sealing=self.sealing,
+            log_prefix=f"{name}-",
+        )
+        replica.kms_port = self.kms_port
+        replica.start_enclave()
+        replica.start_parent()
+        return replica
+
+    def kill_parent(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the parent process (fault tests)."""
+        if self.parent is not None and self.parent.poll() is None:
+            self.parent.send_signal(sig)
+            self.parent.wait(timeout=10)
+
     def kill_enclave(self, sig: int = signal.SIGKILL) -> None:
         """Kill the enclave process (fault tests)."""
         if self.enclave is not None and self.enclave.poll() is None:
@@ -389,7 +439,7 @@ class LocalStack:
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         """The last lines of a process log (for error messages)."""
-        path = self.log_dir / f"{name}.log"
+        path = self.log_dir / f"{self.log_prefix}{name}.log"
         if not path.exists():
             return "(no log)"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

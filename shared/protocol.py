@@ -63,6 +63,8 @@ __all__ = [
     "MetricsReply",
     "Reply",
     "Request",
+    "Lease",
+    "LeaseReply",
     "Restore",
     "RestoreReply",
     "Revoke",
@@ -369,6 +371,21 @@ class Restore(Request):
     revocations: bytes | None
 
 
+@_register("lease")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lease(Request):
+    """Which sessions this replica now polls (``acquire``) and gives up (``release``).
+
+    The parent holds the sessions' leases in PostgreSQL (parent/leases.py). A restored
+    session is not polled until it is acquired; a released one stops being polled and
+    is forgotten (another replica serves it now, from its own restored copy). Both are
+    session hashes; unknown ones are ignored.
+    """
+
+    acquire: tuple[bytes, ...]
+    release: tuple[bytes, ...]
+
+
 @_register("checkpoint")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Checkpoint(Request):
@@ -552,6 +569,14 @@ class RestoreReply(Reply):
     refused: int
 
 
+@_register("lease_reply")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseReply(Reply):
+    """How many sessions the enclave polls after the change."""
+
+    polling: int
+
+
 @_register("checkpoint_reply")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CheckpointReply(Reply):
@@ -618,6 +643,7 @@ REPLY_TYPES: dict[type[Request], type[Reply]] = {
     Logs: LogsReply,
     DiscloseTrade: DiscloseTradeReply,
     Restore: RestoreReply,
+    Lease: LeaseReply,
     Unlock: UnlockReply,
     Checkpoint: CheckpointReply,
     SealRecord: SealRecordReply,

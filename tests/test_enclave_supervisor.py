@@ -26,7 +26,7 @@ from enclave.rpc_server import RpcServer
 from parent.app import create_app
 from parent.config import ParentConfig
 from parent.db.errors import StoreUnavailable
-from parent.db.store import SealedBlob, Store, StoredCredentials
+from parent.db.store import LeaseHolder, SealedBlob, Store, StoredCredentials
 from parent.enclave_client import EnclaveClient, EnclaveRefused, EnclaveUnavailable
 from parent.enclave_supervisor import (
     EnclaveSupervisor,
@@ -34,6 +34,7 @@ from parent.enclave_supervisor import (
     StaticCredentials,
     credentials_from_config,
 )
+from parent.leases import LeaseManager
 from parent.metrics import ApiMetrics
 from shared import protocol as p
 from shared.encoding import b64encode
@@ -101,6 +102,7 @@ class SealingEnclave:
     locked: bool = True
     wrapped_key: bytes | None = None
     sessions: dict[bytes, int] = field(default_factory=dict)  # session hash -> version
+    polling: set[bytes] = field(default_factory=set)  # sessions a Lease acquired
     revocation_lists: int = 0  # revocation lists received
     checkpoint_replies: list[tuple[tuple[bytes, ...], bool]] = field(default_factory=list)
     calls: list[p.Request] = field(default_factory=list)
@@ -122,6 +124,7 @@ class SealingEnclave:
         """kill -9 and start again: memory is gone, the enclave is locked."""
         self.locked, self.wrapped_key = True, None
         self.sessions = {}
+        self.polling = set()
 
     def calls_of(self, kind: type[p.Request]) -> list[Any]:
         return [call for call in self.calls if isinstance(call, kind)]
@@ -161,6 +164,12 @@ class SealingEnclave:
                 self.sessions[header.session_hash] = header.version
                 restored += 1
             return p.RestoreReply(request_id=rid, restored=restored, refused=refused)
+        if isinstance(request, p.Lease):
+            self.polling |= set(request.acquire)
+            self.polling -= set(request.release)
+            for digest in request.release:
+                self.sessions.pop(digest, None)
+            return p.LeaseReply(request_id=rid, polling=len(self.polling))
         if isinstance(request, p.Checkpoint):
             if not self.checkpoint_replies:
                 return p.CheckpointReply(request_id=rid, states=(), more=False)
@@ -582,3 +591,62 @@ async def test_checkpoint_states_wait_for_the_database(
         assert parent.supervisor.ready
     finally:
         await flaky.close()
+
+
+async def test_with_leases_only_the_held_sessions_are_restored_and_polled(
+    enclave: SealingEnclave, transport: TcpSimTransport, pg_db: PgDatabase
+) -> None:
+    """Replicas: at unlock a parent restores the sessions whose lease it holds, then tells
+    the enclave to poll them; another replica's sessions are left to it."""
+    mine = await Store.open(
+        pg_db.app_conninfo,
+        min_size=1,
+        max_size=4,
+        holder=LeaseHolder(replica_id="r1", url="https://r1.internal", lease_seconds=30),
+    )
+    theirs = await Store.open(
+        pg_db.app_conninfo,
+        min_size=1,
+        max_size=4,
+        holder=LeaseHolder(replica_id="r2", url="https://r2.internal", lease_seconds=30),
+    )
+    client = EnclaveClient(transport, ADDRESS, call_timeout=5.0, max_backoff=0.05)
+    await client.start()
+    supervisor: EnclaveSupervisor | None = None
+    leases = LeaseManager(
+        client,
+        mine,
+        ready=lambda: supervisor is not None and supervisor.ready,
+        lease_seconds=30,
+    )
+    supervisor = EnclaveSupervisor(
+        client,
+        mine,
+        key_id=KEY_ID,
+        region="us-east-1",
+        credentials=credentials_from_config(ParentConfig.from_env(CONFIG_ENV)),
+        metrics=ApiMetrics(),
+        checkpoint_interval=3600.0,
+        poll_interval=0.02,
+        max_backoff=0.1,
+        leases=leases,
+    )
+    try:
+        held = [await new_session(mine) for _ in range(2)]
+        other = await new_session(theirs)
+        for n, digest in enumerate(held):
+            await mine.store_sealed_state(SealedBlob.parse(sealed(digest, n + 1)))
+        await theirs.store_sealed_state(SealedBlob.parse(sealed(other, 1)))
+        await supervisor.start()
+        await eventually(lambda: supervisor is not None and supervisor.ready)
+        assert enclave.sessions == {held[0]: 1, held[1]: 2}
+        assert enclave.polling == set(held)
+        assert leases.holds(held[0]) and leases.holds(held[1]) and not leases.holds(other)
+        await leases.tick()  # r2's lease is valid: never taken
+        assert enclave.polling == set(held)
+    finally:
+        await supervisor.close()
+        await leases.close(release=False)
+        await client.close()
+        await mine.close()
+        await theirs.close()

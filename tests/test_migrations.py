@@ -191,6 +191,7 @@ def test_every_session_foreign_key_cascades(pg_db: PgDatabase) -> None:
         "ops_logs",
         "records",
         "sealed_sessions",
+        "session_leases",
     }
     assert {action for _, action in rows} == {"c"}
 
@@ -291,6 +292,40 @@ def test_sealed_state_privileges_are_least(pg_db: PgDatabase) -> None:
         }
         # Whole-table SELECT would include the blobs: the operator has none.
         assert all(table_privileges("operator_readonly", t) == set() for t in _SEALED_TABLES)
+
+
+def test_lease_privileges_are_least(pg_db: PgDatabase) -> None:
+    """app_service takes and renews leases (holder columns only) and reads the replica
+    secret; the operator sees every lease column and never the secret."""
+    lease_columns = ("session_hash", "holder", "holder_url", "expires_at", "acquired_at")
+    with psycopg.connect(pg_db.admin_conninfo) as conn:
+
+        def granted(role: str, table: str, privilege: str, column: str | None = None) -> bool:
+            if column is None:
+                query, params = "SELECT has_table_privilege(%s, %s, %s)", (role, table, privilege)
+            else:
+                query = "SELECT has_column_privilege(%s, %s, %s, %s)"
+                params = (role, table, column, privilege)  # type: ignore[assignment]
+            return conn.execute(query, params).fetchone() == (True,)
+
+        kinds = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES")
+        assert {k for k in kinds if granted("app_service", "session_leases", k)} == {
+            "SELECT",
+            "INSERT",
+        }
+        assert {
+            c for c in lease_columns if granted("app_service", "session_leases", "UPDATE", c)
+        } == {
+            "holder",
+            "holder_url",
+            "expires_at",
+            "acquired_at",
+        }
+        assert {k for k in kinds if granted("app_service", "replica_secret", k)} == {"SELECT"}
+        assert {k for k in kinds if granted("operator_readonly", "session_leases", k)} == {"SELECT"}
+        assert not any(granted("operator_readonly", "replica_secret", k) for k in kinds)
+        (size,) = conn.execute("SELECT octet_length(secret) FROM replica_secret").fetchone() or (0,)
+        assert size == 32
 
 
 def test_main_prints_what_it_applied(empty_db: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,6 +23,9 @@ MESSAGE_CLASSES = {
 }
 
 
+_TUPLE_FIELDS = frozenset({"sealed", "entries", "states", "acquire", "release"})
+
+
 def from_jsonable(value: Any) -> Any:
     """Inverse of the generator's to_jsonable."""
     if isinstance(value, dict) and set(value) == {"$bytes"}:
@@ -35,7 +38,7 @@ def build(vector: dict[str, Any]) -> p.Message:
     cls = MESSAGE_CLASSES[vector["type"]]
     values = {name: from_jsonable(value) for name, value in vector["fields"].items()}
     for name, value in values.items():
-        if isinstance(value, list) and name in ("sealed", "entries", "states"):  # tuple fields
+        if isinstance(value, list) and name in _TUPLE_FIELDS:
             values[name] = tuple(from_jsonable(item) for item in value)
     if "code" in values:
         values["code"] = p.ErrorCode(values["code"])

@@ -193,6 +193,11 @@ async def test_a_restarted_enclave_continues_every_session(world: World) -> None
         second, p.Restore(request_id=6, sealed=(report.sealed_state,), revocations=None)
     )
     assert (restored.restored, restored.refused) == (1, 0)
+    assert polling2.trade_list == []  # restored, not polled: no lease yet
+    leased = await call(
+        second, p.Lease(request_id=9, acquire=(session_hash(session_id),), release=())
+    )
+    assert isinstance(leased, p.LeaseReply) and leased.polling == 1
     assert [t.id for t in polling2.trade_list] == ["1", "2"]  # polling resumes from them
     polling2.trade_list.append(FakeTrade("ETH/USDT", "3", side="sell"))
     later = await call(second, p.Aggregates(request_id=7, session_id=session_id))
@@ -333,3 +338,43 @@ async def test_unlock_again_settles_on_one_identity(world: World) -> None:
     assert other.wrapped_key == stored.wrapped_key
     refused = await call(loser, world.unlock(wrapped=own.wrapped_key, sealed=own.sealed_keys))
     assert isinstance(refused, p.ErrorReply) and refused.code is p.ErrorCode.BAD_REQUEST
+
+
+async def test_a_restored_session_is_polled_only_under_a_lease_and_dropped_on_release(
+    world: World,
+) -> None:
+    """Restore parks a session (served, sealed with its trades, not polled); Lease(acquire)
+    starts polling it; Lease(release) stops polling and forgets it."""
+    first, polling = world.service()
+    identity = await call(first, world.unlock())
+    enc, _ = await attested(first, world)
+    session_id, _ = await open_owned_session(first, enc, Ed25519PrivateKey.generate())
+    polling.trade_list.extend([FakeTrade("BTC/USDT", "1"), FakeTrade("BTC/USDT", "2")])
+    report = await call(first, p.Aggregates(request_id=4, session_id=session_id))
+    assert isinstance(report, p.AggregatesReply) and report.sealed_state is not None
+
+    replica, polling2 = world.service()
+    await call(replica, world.unlock(wrapped=identity.wrapped_key, sealed=identity.sealed_keys))
+    await call(replica, p.Restore(request_id=5, sealed=(report.sealed_state,), revocations=None))
+    digest = session_hash(session_id)
+    assert polling2.trade_list == []
+    # A state sealed while parked still carries every trade (nothing dropped).
+    parked = await call(replica, p.Aggregates(request_id=6, session_id=session_id))
+    assert isinstance(parked, p.AggregatesReply) and parked.payload["trades"] == 2
+    assert parked.merkle_root == report.merkle_root
+    third, _ = world.service()
+    await call(third, world.unlock(wrapped=identity.wrapped_key, sealed=identity.sealed_keys))
+    again = await call(
+        third, p.Restore(request_id=7, sealed=(parked.sealed_state,), revocations=None)
+    )
+    assert again.restored == 1
+    summary = await call(third, p.Summary(request_id=8, session_id=session_id))
+    assert isinstance(summary, p.SummaryReply) and summary.summary["headline"]["trades"] == 2
+
+    unknown = bytes(32)
+    leased = await call(replica, p.Lease(request_id=9, acquire=(digest, unknown), release=()))
+    assert isinstance(leased, p.LeaseReply) and leased.polling == 1
+    released = await call(replica, p.Lease(request_id=10, acquire=(), release=(digest,)))
+    assert isinstance(released, p.LeaseReply) and released.polling == 0
+    gone = await call(replica, p.Summary(request_id=11, session_id=session_id))
+    assert isinstance(gone, p.ErrorReply) and gone.code is p.ErrorCode.NOT_FOUND

@@ -28,6 +28,7 @@ import structlog
 from aiohttp import web
 
 from parent.api.errors import ApiError, json_response
+from parent.api.forwarding import route_session
 from parent.api.services import SERVICES, Services
 from parent.api.validation import require_session_id
 from parent.db.errors import Conflict, InvalidData, SessionNotFound
@@ -226,6 +227,8 @@ async def session_logs(request: web.Request) -> web.Response:
     if limit == 0:
         raise ApiError(400, "bad_request", f"query parameter 'limit' must be 1..{MAX_PAGE}")
     digest = session_hash(session_id)
+    if (elsewhere := await route_session(request, digest)) is not None:
+        return elsewhere
     with services.audit("logs.read", session_id):
         stored = await services.store.log_entries(digest)
         head: dict[str, Any] | None = None

@@ -160,9 +160,13 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 @web.middleware
 async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
     """At most RATE_LIMIT_MAX requests per RATE_LIMIT_WINDOW per client IP (429 beyond)."""
-    if request.path in RATE_LIMIT_EXEMPT:
-        return await handler(request)
     services = request.app[SERVICES]
+    if request.path in RATE_LIMIT_EXEMPT or (
+        # Counted once, by the replica the client reached (parent.api.forwarding); the
+        # peer address here is that replica's, not the client's.
+        services.router is not None and services.router.is_forwarded(request)
+    ):
+        return await handler(request)
     # The parent terminates TLS itself, so the peer address is the client's; no
     # X-Forwarded-For is trusted (any client could forge it to dodge the limit).
     decision = services.rate_limiter.check(request.remote or "unknown", now=services.monotonic())

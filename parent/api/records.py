@@ -14,6 +14,7 @@ from typing import Final
 from aiohttp import web
 
 from parent.api.errors import ApiError, json_response
+from parent.api.forwarding import route_session
 from parent.api.services import SERVICES
 from parent.api.sessions import rfc3339
 from parent.api.validation import (
@@ -54,6 +55,8 @@ async def seal_record(request: web.Request) -> web.Response:
     check_record_metadata(envelope.metadata)
     proof = owner_proof_from_body(body)
     digest = session_hash(session_id)
+    if (elsewhere := await route_session(request, digest)) is not None:
+        return elsewhere
     with services.audit("records.seal", session_id):
         reply = await services.enclave_call(
             "seal_record",
@@ -89,6 +92,8 @@ async def get_record(request: web.Request) -> web.Response:
     session_id = _header_session_id(request)
     record_id = parse_record_id(request.match_info["id"])
     proof = owner_proof_from_headers(request)
+    if (elsewhere := await route_session(request, session_hash(session_id))) is not None:
+        return elsewhere
     with services.audit("records.unseal", session_id):
         if proof.timestamp is None or proof.signature is None:
             raise ApiError(

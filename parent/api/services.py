@@ -7,6 +7,8 @@ Ports (the composition root picks the adapters):
 - ``Store`` (``parent.db.store``): PostgreSQL, ciphertext and public data only.
 - ``SessionLogSource``: the ops-log entries of one session, for ``GET /api/logs``.
   Optional: the store does not offer it yet (see ``parent.api.sessions``).
+- ``ReplicaRouter``: with replicas, sends a session's request to the replica holding
+  its lease (``parent.api.forwarding``). Optional: None for a parent on its own.
 
 ``Services.enclave_call`` wraps every enclave call with its metrics; ``Services.audit``
 opens an audit scope that writes one log line per access to a session's sealed data.
@@ -38,6 +40,7 @@ __all__ = [
     "SERVICES",
     "AuditScope",
     "EnclavePort",
+    "ReplicaRouter",
     "Services",
     "SessionLogEntry",
     "SessionLogSource",
@@ -57,6 +60,23 @@ class EnclavePort(Protocol):
 
     async def call(self, request: p.Request, reply_type: type[R]) -> R:
         """Send ``request`` and return its reply, or raise EnclaveRefused / EnclaveUnavailable."""
+        ...
+
+
+class ReplicaRouter(Protocol):
+    """Where a session's request runs when replicas share the database
+    (``parent.api.forwarding.SessionRouter``)."""
+
+    def is_forwarded(self, request: web.Request) -> bool:
+        """The request was forwarded by another parent of this deployment."""
+        ...
+
+    def created(self, digest: bytes) -> None:
+        """A session was created (and leased) here."""
+        ...
+
+    async def route(self, request: web.Request, digest: bytes) -> web.Response | None:
+        """None to run the handler here, else the lease holder's answer to relay."""
         ...
 
 
@@ -93,6 +113,8 @@ class Services:
     session_log: SessionLogSource
     clock: Callable[[], datetime]
     monotonic: Callable[[], float]
+    # Replicas: forwards requests about sessions another replica holds (None: alone).
+    router: ReplicaRouter | None = None
 
     async def enclave_call(self, op: str, request: p.Request, reply_type: type[R]) -> R:
         """Call the enclave, counting the outcome and timing the call under ``op``."""

@@ -30,6 +30,7 @@ import structlog
 from aiohttp import web
 
 from parent.api.errors import ApiError, json_response
+from parent.api.forwarding import route_session
 from parent.api.logs import LogMismatch, check_log_batch, keep_sealed_state, parse_sealed_state
 from parent.api.services import REQUEST_ID, SERVICES, Services
 from parent.api.validation import (
@@ -219,6 +220,8 @@ async def submit_key(request: web.Request) -> web.Response:
                 "the session's sealed state could not be stored; nothing was kept",
             ) from exc
         services.metrics.active_sessions.inc()
+        if services.router is not None:
+            services.router.created(digest)
     # The session id is a bearer secret: return it once, never store or log it.
     return json_response(
         {"session_id": reply.session_id, "expires_at": rfc3339(expires_at)}, status=201
@@ -233,6 +236,8 @@ async def request_aggregates(request: web.Request) -> web.Response:
     only_fields(body, _SESSION_FIELDS)
     session_id = require_session_id(body.get("session_id"))
     digest = session_hash(session_id)
+    if (elsewhere := await route_session(request, digest)) is not None:
+        return elsewhere
     with services.audit("aggregates.request", session_id):
         reply = await services.enclave_call(
             "aggregates", p.Aggregates(request_id=0, session_id=session_id), p.AggregatesReply
@@ -273,6 +278,8 @@ async def revoke(request: web.Request) -> web.Response:
     session_id = require_session_id(body.get("session_id"))
     proof = owner_proof_from_body(body)
     digest = session_hash(session_id)
+    if (elsewhere := await route_session(request, digest)) is not None:
+        return elsewhere
     with services.audit("session.revoke", session_id):
         enclave_knew = True
         final_log: LogBatch | None = None
@@ -341,6 +348,8 @@ async def disclose_trade(request: web.Request) -> web.Response:
     proof = owner_proof_from_body(body)
     if proof.timestamp is None or proof.signature is None:
         raise ApiError(403, "forbidden", "owner proof required (timestamp, signature)")
+    if (elsewhere := await route_session(request, session_hash(session_id))) is not None:
+        return elsewhere
     with services.audit("trade.disclose", session_id):
         reply = await services.enclave_call(
             "disclose_trade",
@@ -370,6 +379,8 @@ async def session_metrics(request: web.Request) -> web.Response:
     """GET /enclave/metrics/{session_id}: the enclave's detailed metrics."""
     services = request.app[SERVICES]
     session_id = _path_session_id(request)
+    if (elsewhere := await route_session(request, session_hash(session_id))) is not None:
+        return elsewhere
     with services.audit("metrics.read", session_id):
         reply = await services.enclave_call(
             "metrics", p.SessionMetrics(request_id=0, session_id=session_id), p.MetricsReply
@@ -381,6 +392,8 @@ async def session_summary(request: web.Request) -> web.Response:
     """GET /enclave/summary/{session_id}: headline figures and polling state."""
     services = request.app[SERVICES]
     session_id = _path_session_id(request)
+    if (elsewhere := await route_session(request, session_hash(session_id))) is not None:
+        return elsewhere
     with services.audit("summary.read", session_id):
         reply = await services.enclave_call(
             "summary", p.Summary(request_id=0, session_id=session_id), p.SummaryReply

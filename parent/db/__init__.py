@@ -14,6 +14,7 @@ from __future__ import annotations
 from parent.db.errors import (
     Conflict,
     InvalidData,
+    LeaseLost,
     MigrationError,
     ReplayedEnvelope,
     SessionNotFound,
@@ -39,6 +40,7 @@ __all__ = [
     "Conflict",
     "EnclaveIdentity",
     "InvalidData",
+    "LeaseLost",
     "LiveCredential",
     "LogBatch",
     "MigrationError",

@@ -3,6 +3,7 @@
     PerfAggError                       (shared.errors)
     └── StoreError
         ├── StoreUnavailable           database unreachable, pool exhausted or timed out (API: 503)
+        │   └── LeaseLost              another replica holds the session's lease now (API: 503)
         ├── InvalidData                a constraint refused the values (API: 400)
         ├── Conflict                   a unique key already exists (API: 409)
         │   └── ReplayedEnvelope       this credential envelope was submitted before (API: 409)
@@ -22,6 +23,7 @@ from shared.errors import PerfAggError
 __all__ = [
     "Conflict",
     "InvalidData",
+    "LeaseLost",
     "MigrationError",
     "ReplayedEnvelope",
     "SessionNotFound",
@@ -36,6 +38,13 @@ class StoreError(PerfAggError):
 
 class StoreUnavailable(StoreError):
     """The database cannot be reached right now; retrying later may succeed."""
+
+
+class LeaseLost(StoreUnavailable):
+    """This replica no longer holds the session's lease: another one writes it now.
+
+    Nothing was stored; a retry reaches the new holder (the API forwards it there).
+    """
 
 
 class InvalidData(StoreError):

@@ -24,7 +24,13 @@ key -> ``Conflict`` / ``ReplayedEnvelope``; any other constraint or type refusal
 psycopg's DETAIL carries the refused row; messages name only tables and constraints.
 
 Time is passed in (``now=``), never read here, so expiry is deterministic in tests;
-datetimes must be timezone-aware.
+datetimes must be timezone-aware. Leases (migration 0005) are the exception: they run
+on the database's clock (``now()``), the one clock every replica shares.
+
+Replicas (``LeaseHolder``): a Store opened with a holder takes the lease of every
+session it creates (same statement), and writes a session's sealed state or a report
+only while it holds that session's lease (``LeaseLost`` otherwise): one writer per
+session, so two enclaves never fork a session's state.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from psycopg_pool import AsyncConnectionPool
 from parent.db.errors import (
     Conflict,
     InvalidData,
+    LeaseLost,
     ReplayedEnvelope,
     SessionNotFound,
     StoreError,
@@ -61,6 +68,8 @@ __all__ = [
     "AggregateRow",
     "EnclaveIdentity",
     "JsonObject",
+    "Lease",
+    "LeaseHolder",
     "LiveCredential",
     "LogBatch",
     "OpsLogRow",
@@ -266,6 +275,47 @@ class EnclaveIdentity:
     created_at: datetime
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseHolder:
+    """This replica as the lease table names it (REPLICA_ID, REPLICA_URL, LEASE_SECONDS)."""
+
+    replica_id: str
+    url: str
+    lease_seconds: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.lease_seconds <= 600:
+            raise ValueError("lease_seconds must be in (0, 600]")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lease:
+    """Who holds a live session's lease, as the database sees it right now.
+
+    ``holder`` is None when the session has no lease row yet (created before leases,
+    or by a parent without a holder). ``remaining`` is the seconds until it expires
+    (zero or negative: expired, anyone may take it over).
+    """
+
+    holder: str | None
+    holder_url: str | None
+    remaining: float
+
+    @property
+    def valid(self) -> bool:
+        """Held and not expired."""
+        return self.holder is not None and self.remaining > 0
+
+
+# Fence of the writes only the lease holder may do; %(fence)s NULL = no leases in use.
+# ``target_hash`` names the session_hash column of the row being written.
+def _fence(target_hash: str) -> str:
+    # Only constant column names from this module are interpolated, never values.
+    return f"""(%(fence)s::text IS NULL OR EXISTS (
+        SELECT 1 FROM session_leases l
+        WHERE l.session_hash = {target_hash} AND l.holder = %(fence)s))"""  # noqa: S608
+
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _Pool: TypeAlias = AsyncConnectionPool[AsyncConnection[TupleRow]]
@@ -421,8 +471,17 @@ def _revocations_params(revocations: SealedBlob) -> dict[str, Any]:
 class Store:
     """Async PostgreSQL store over a connection pool. Safe to share between tasks."""
 
-    def __init__(self, pool: _Pool) -> None:
+    def __init__(self, pool: _Pool, *, holder: LeaseHolder | None = None) -> None:
         self._pool = pool
+        self._holder = holder
+
+    @property
+    def holder(self) -> LeaseHolder | None:
+        """The replica this store takes and checks leases for (None: no leases)."""
+        return self._holder
+
+    def _fence_params(self) -> dict[str, Any]:
+        return {"fence": None if self._holder is None else self._holder.replica_id}
 
     @classmethod
     async def open(
@@ -435,6 +494,7 @@ class Store:
         statement_timeout_s: float = 10.0,
         check_connections: bool = True,
         wait: bool = True,
+        holder: LeaseHolder | None = None,
     ) -> Store:
         """Open a pool on ``conninfo`` (the app_service role) and return a Store.
 
@@ -442,6 +502,7 @@ class Store:
         first ``min_size`` connections). ``check_connections`` tests a connection on checkout
         when it sat idle (see ``_IdleCheck``) so a database restart costs no failed read.
         Raises ``StoreUnavailable`` if ``wait`` and the database cannot be reached.
+        ``holder``: this replica, when sessions are leased (see the module docstring).
         """
         idle_check = _IdleCheck()
         pool: _Pool = AsyncConnectionPool(
@@ -464,7 +525,7 @@ class Store:
         except psycopg.Error as exc:
             await pool.close()
             raise StoreUnavailable("database unavailable: could not open the pool") from exc
-        return cls(pool)
+        return cls(pool, holder=holder)
 
     async def close(self) -> None:
         """Close the pool and every connection in it."""
@@ -498,14 +559,31 @@ class Store:
     ) -> None:
         """Store a session, its envelope and a ``submit`` ops entry, atomically.
 
+        With a ``LeaseHolder`` the same statement takes the session's lease for this
+        replica: its enclave, which just opened the session, polls it.
+
         Raises ``ReplayedEnvelope`` if ``envelope_digest`` was stored before and
         ``InvalidData`` if a constraint refuses a value; in both cases nothing is stored.
         """
+        lease_cte = ""
+        lease_params: dict[str, Any] = {}
+        if self._holder is not None:
+            lease_cte = """, new_lease AS (
+                    INSERT INTO session_leases (session_hash, holder, holder_url, expires_at)
+                    SELECT %(session_hash)s, %(holder)s, %(holder_url)s,
+                           now() + make_interval(secs => %(lease_seconds)s)
+                    FROM new_session
+                )"""
+            lease_params = {
+                "holder": self._holder.replica_id,
+                "holder_url": self._holder.url,
+                "lease_seconds": self._holder.lease_seconds,
+            }
         # One statement: its CTEs succeed or fail together, so there is never a session
         # without its credentials (foreign keys are checked at the statement's end).
         async with self._pool.connection() as conn:
             await conn.execute(
-                """
+                f"""
                 WITH new_session AS (
                     INSERT INTO sessions
                         (session_hash, exchange, label, expires_at, envelope_digest, owner_pub)
@@ -519,11 +597,12 @@ class Store:
                     SELECT id, %(alg)s, %(ephemeral_pub)s, %(nonce)s, %(ciphertext)s, %(tag)s,
                            %(metadata)s
                     FROM new_session
-                )
+                ){lease_cte}
                 INSERT INTO ops_logs (session_id, op, request_id, details)
                 SELECT id, 'submit', %(request_id)s, %(details)s FROM new_session
-                """,
+                """,  # noqa: S608 - only constant SQL text is interpolated
                 {
+                    **lease_params,
                     "session_hash": session_hash,
                     "exchange": exchange,
                     "label": label,
@@ -731,16 +810,17 @@ class Store:
                 WITH report AS (
                     INSERT INTO aggregates (session_id, seq, payload, signature)
                     SELECT id, %(seq)s, %(payload)s, %(signature)s
-                    FROM sessions WHERE session_hash = %(session_hash)s
+                    FROM sessions s WHERE s.session_hash = %(session_hash)s
+                        AND {_fence("s.session_hash")}
                     RETURNING session_id
                 ){state_cte}
                 INSERT INTO ops_logs (session_id, op, request_id, details)
                 SELECT session_id, 'aggregates', %(request_id)s, %(details)s FROM report
                 """,  # noqa: S608 - only constant SQL text is interpolated
-                params,
+                params | self._fence_params(),
             )
             if cur.rowcount == 0:
-                raise SessionNotFound("no such session")
+                await self._raise_missing_or_lost(conn, session_hash)
 
     @_database_errors
     @_retry_lost_connection
@@ -967,22 +1047,32 @@ class Store:
 
         True if written; False if the stored version is the same or newer (nothing
         changes). ``SessionNotFound`` if the session is not stored (never was, revoked
-        or purged): a state is never kept without its session.
+        or purged): a state is never kept without its session. ``LeaseLost`` if this
+        replica does not hold the session's lease (leases in use).
         """
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 f"""
-                WITH target AS (
+                WITH found AS (
                     SELECT session_hash FROM sessions WHERE session_hash = %(session_hash)s
+                ), target AS (
+                    SELECT session_hash FROM found WHERE {_fence("found.session_hash")}
                 ),{_SEALED_STATE_CTE}
-                SELECT (SELECT count(*) FROM target), (SELECT count(*) FROM state_row)
+                SELECT (SELECT count(*) FROM found), (SELECT count(*) FROM target),
+                       (SELECT count(*) FROM state_row)
                 """,  # noqa: S608 - only constant SQL text is interpolated
-                {"session_hash": state.session_hash, **_state_params(state)},
+                {
+                    "session_hash": state.session_hash,
+                    **_state_params(state),
+                    **self._fence_params(),
+                },
             )
             row = await cur.fetchone()
-        found, written = (0, 0) if row is None else (int(row[0]), int(row[1]))
+        found, held, written = (0, 0, 0) if row is None else (int(row[0]), int(row[1]), int(row[2]))
         if not found:
             raise SessionNotFound("no such session")
+        if not held:
+            raise LeaseLost("another replica holds this session's lease")
         return written > 0
 
     @_database_errors
@@ -991,13 +1081,14 @@ class Store:
 
         Per session the highest version of the batch is considered and kept unless a
         newer one is stored. States of sessions that are not stored (revoked or purged
-        since the enclave sealed them) are skipped, not errors.
+        since the enclave sealed them), or whose lease another replica holds now, are
+        skipped, not errors.
         """
         if not states:
             return 0
         async with self._pool.connection() as conn:
             cur = await conn.execute(
-                """
+                f"""
                 INSERT INTO sealed_sessions (session_hash, version, expires_at, sealed)
                 SELECT DISTINCT ON (batch.session_hash)
                        batch.session_hash, batch.version, batch.expires_at, batch.sealed
@@ -1005,17 +1096,19 @@ class Store:
                             %(expiries)s::timestamptz[], %(blobs)s::bytea[])
                      AS batch(session_hash, version, expires_at, sealed)
                 JOIN sessions s ON s.session_hash = batch.session_hash
+                WHERE {_fence("s.session_hash")}
                 ORDER BY batch.session_hash, batch.version DESC
                 ON CONFLICT (session_hash) DO UPDATE
                     SET version = excluded.version, expires_at = excluded.expires_at,
                         sealed = excluded.sealed, updated_at = now()
                     WHERE excluded.version > sealed_sessions.version
-                """,
+                """,  # noqa: S608 - only constant SQL text is interpolated
                 {
                     "hashes": [state.session_hash for state in states],
                     "versions": [state.version for state in states],
                     "expiries": [state.expires_at for state in states],
                     "blobs": [state.sealed for state in states],
+                    **self._fence_params(),
                 },
             )
             return max(cur.rowcount, 0)
@@ -1023,19 +1116,26 @@ class Store:
     @_database_errors
     @_retry_lost_connection
     async def list_sealed_states(
-        self, *, now: datetime, after: bytes | None = None, max_bytes: int, max_rows: int = 1000
+        self,
+        *,
+        now: datetime,
+        after: bytes | None = None,
+        max_bytes: int,
+        max_rows: int = 1000,
+        held_only: bool = False,
     ) -> list[SealedBlob]:
         """One page of unexpired sealed states, by session hash after ``after``.
 
         The page's blobs add up to at most ``max_bytes``, except that it always holds at
         least one state when any is left (a single state is at most 3 MiB, one frame).
         Page on with ``after`` = the last hash returned; an empty page is the end.
+        ``held_only``: only sessions whose lease this replica holds (leases in use).
         """
         if max_bytes < 1 or max_rows < 1:
             raise ValueError("max_bytes and max_rows must be positive")
         async with self._pool.connection() as conn:
             cur = await conn.execute(
-                """
+                f"""
                 SELECT session_hash, version, expires_at, sealed FROM (
                     SELECT session_hash, version, expires_at, sealed,
                            sum(octet_length(sealed)) OVER (ORDER BY session_hash) AS running,
@@ -1043,13 +1143,16 @@ class Store:
                     FROM sealed_sessions
                     -- The empty bytea sorts before every hash: the first page.
                     WHERE expires_at > %(now)s AND session_hash > %(after)s
+                        AND (NOT %(held_only)s OR {_fence("sealed_sessions.session_hash")})
                     ORDER BY session_hash
                     LIMIT %(max_rows)s
                 ) AS page
                 WHERE running <= %(max_bytes)s OR position = 1
                 ORDER BY session_hash
-                """,
+                """,  # noqa: S608 - only constant SQL text is interpolated
                 {
+                    **self._fence_params(),
+                    "held_only": held_only,
                     "now": _require_aware(now),
                     "after": b"" if after is None else after,
                     "max_rows": max_rows,
@@ -1065,7 +1168,7 @@ class Store:
         ]
 
     async def sealed_state_batches(
-        self, *, now: datetime, max_batch_bytes: int
+        self, *, now: datetime, max_batch_bytes: int, held_only: bool = False
     ) -> AsyncIterator[list[SealedBlob]]:
         """Every unexpired sealed state, in batches whose blobs add up to < ``max_batch_bytes``.
 
@@ -1075,7 +1178,11 @@ class Store:
         after: bytes | None = None
         while True:
             page = await self.list_sealed_states(
-                now=now, after=after, max_bytes=max_batch_bytes - 1, max_rows=_SEALED_PAGE_ROWS
+                now=now,
+                after=after,
+                max_bytes=max_batch_bytes - 1,
+                max_rows=_SEALED_PAGE_ROWS,
+                held_only=held_only,
             )
             if not page:
                 return
@@ -1127,6 +1234,181 @@ class Store:
             expires_at=datetime.fromtimestamp(0, UTC),
             sealed=bytes(row[1]),
         )
+
+    # -- session leases (replicas) ---------------------------------------------------
+
+    def _require_holder(self) -> LeaseHolder:
+        if self._holder is None:
+            raise ValueError("this store was opened without a LeaseHolder")
+        return self._holder
+
+    def _holder_params(self) -> dict[str, Any]:
+        holder = self._require_holder()
+        return {
+            "holder": holder.replica_id,
+            "holder_url": holder.url,
+            "lease_seconds": holder.lease_seconds,
+        }
+
+    async def _raise_missing_or_lost(
+        self, conn: AsyncConnection[TupleRow], session_hash: bytes
+    ) -> None:
+        """After a fenced write wrote nothing: ``SessionNotFound`` or ``LeaseLost``."""
+        cur = await conn.execute("SELECT 1 FROM sessions WHERE session_hash = %s", (session_hash,))
+        if await cur.fetchone() is None or self._holder is None:
+            raise SessionNotFound("no such session")
+        raise LeaseLost("another replica holds this session's lease")
+
+    @_database_errors
+    async def renew_leases(self) -> frozenset[bytes]:
+        """Extend every lease this replica holds by one lease period; the hashes held.
+
+        One statement. A lease that expired but was not taken over is still ours and
+        is renewed; one another replica took over is not ours any more (not returned).
+        """
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                """
+                UPDATE session_leases
+                SET expires_at = now() + make_interval(secs => %(lease_seconds)s),
+                    holder_url = %(holder_url)s
+                WHERE holder = %(holder)s
+                RETURNING session_hash
+                """,
+                self._holder_params(),
+            )
+            rows = await cur.fetchall()
+        return frozenset(bytes(row[0]) for row in rows)
+
+    @_database_errors
+    async def acquire_leases(self, *, limit: int) -> list[bytes]:
+        """Take up to ``limit`` leases that are free (no row) or expired; the hashes taken.
+
+        Expired rows are locked with ``FOR UPDATE SKIP LOCKED``: a row another replica
+        is taking right now is skipped, not waited for, so concurrent sweeps split the
+        work and never take the same lease. A free session (no lease row) is inserted
+        with ``ON CONFLICT DO NOTHING``: of two replicas inserting it, one wins. Only
+        unexpired sessions are taken; a valid lease is never stolen.
+        """
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                """
+                WITH expired AS (
+                    SELECT l.session_hash FROM session_leases l
+                    JOIN sessions s ON s.session_hash = l.session_hash
+                    WHERE l.expires_at <= now() AND s.expires_at > now()
+                    ORDER BY l.expires_at
+                    LIMIT %(limit)s
+                    FOR UPDATE OF l SKIP LOCKED
+                ), taken AS (
+                    UPDATE session_leases l
+                    SET holder = %(holder)s, holder_url = %(holder_url)s,
+                        expires_at = now() + make_interval(secs => %(lease_seconds)s),
+                        acquired_at = now()
+                    FROM expired WHERE l.session_hash = expired.session_hash
+                    RETURNING l.session_hash
+                ), free AS (
+                    INSERT INTO session_leases (session_hash, holder, holder_url, expires_at)
+                    SELECT s.session_hash, %(holder)s, %(holder_url)s,
+                           now() + make_interval(secs => %(lease_seconds)s)
+                    FROM sessions s
+                    WHERE s.expires_at > now() AND NOT EXISTS (
+                        SELECT 1 FROM session_leases l WHERE l.session_hash = s.session_hash
+                    )
+                    ORDER BY s.expires_at
+                    LIMIT greatest(%(limit)s - (SELECT count(*) FROM expired), 0)
+                    ON CONFLICT (session_hash) DO NOTHING
+                    RETURNING session_hash
+                )
+                SELECT session_hash FROM taken UNION ALL SELECT session_hash FROM free
+                """,
+                {**self._holder_params(), "limit": limit},
+            )
+            rows = await cur.fetchall()
+        return [bytes(row[0]) for row in rows]
+
+    @_database_errors
+    async def acquire_lease(self, session_hash: bytes) -> bool:
+        """Take one live session's lease now if it is free, expired or already ours.
+
+        True if this replica holds it afterwards. A valid lease of another replica is
+        never taken (False), nor is the lease of an unknown or expired session.
+        """
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                """
+                INSERT INTO session_leases (session_hash, holder, holder_url, expires_at)
+                SELECT session_hash, %(holder)s, %(holder_url)s,
+                       now() + make_interval(secs => %(lease_seconds)s)
+                FROM sessions WHERE session_hash = %(session_hash)s AND expires_at > now()
+                ON CONFLICT (session_hash) DO UPDATE
+                    SET holder = excluded.holder, holder_url = excluded.holder_url,
+                        expires_at = excluded.expires_at,
+                        acquired_at = CASE WHEN session_leases.holder = excluded.holder
+                                           THEN session_leases.acquired_at ELSE now() END
+                    WHERE session_leases.holder = excluded.holder
+                       OR session_leases.expires_at <= now()
+                RETURNING 1
+                """,
+                {**self._holder_params(), "session_hash": session_hash},
+            )
+            return cur.rowcount == 1
+
+    @_database_errors
+    async def release_leases(self, session_hashes: Sequence[bytes] | None = None) -> int:
+        """Let this replica's leases (all, or those named) expire now; how many.
+
+        A replica shutting down calls it so the others take its sessions over at their
+        next sweep instead of after a whole lease period.
+        """
+        holder = self._require_holder()
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                """
+                UPDATE session_leases SET expires_at = least(expires_at, now())
+                WHERE holder = %(holder)s
+                  AND (%(all)s OR session_hash = ANY(%(hashes)s::bytea[]))
+                """,
+                {
+                    "holder": holder.replica_id,
+                    "all": session_hashes is None,
+                    "hashes": list(session_hashes or ()),
+                },
+            )
+            return max(cur.rowcount, 0)
+
+    @_database_errors
+    @_retry_lost_connection
+    async def get_lease(self, session_hash: bytes) -> Lease | None:
+        """The lease of a live session (holder None if it has none); None if no such session."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                """
+                SELECT l.holder, l.holder_url,
+                       coalesce(extract(epoch FROM l.expires_at - now()), 0)::float8
+                FROM sessions s
+                LEFT JOIN session_leases l ON l.session_hash = s.session_hash
+                WHERE s.session_hash = %s AND s.expires_at > now()
+                """,
+                (session_hash,),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return Lease(holder=row[0], holder_url=row[1], remaining=float(row[2]))
+
+    @_database_errors
+    @_retry_lost_connection
+    async def replica_secret(self) -> bytes:
+        """The 32-byte secret parents authenticate forwarded requests with (migration 0005)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("SELECT secret FROM replica_secret")
+            row = await cur.fetchone()
+        if row is None:  # inserted by the migration, never deleted
+            raise StoreUnavailable("the replica secret is missing")
+        return bytes(row[0])
 
     # -- health ---------------------------------------------------------------------
 

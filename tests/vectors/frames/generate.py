@@ -61,6 +61,7 @@ SAMPLES: list[p.Message] = [
         sealed_keys=b"\x03",
     ),
     p.Checkpoint(request_id=17, max_sessions=100),
+    p.Lease(request_id=18, acquire=(bytes(range(32)),), release=(bytes(32), b"\xff" * 32)),
     p.SealRecord(
         request_id=10,
         session_id="s" * 43,
@@ -116,6 +117,7 @@ SAMPLES: list[p.Message] = [
     p.RestoreReply(request_id=9, restored=2, refused=1),
     p.UnlockReply(request_id=16, created=True, wrapped_key=b"\x01\x02", sealed_keys=b"\x03"),
     p.CheckpointReply(request_id=17, states=(b"PAS1",), more=False),
+    p.LeaseReply(request_id=18, polling=3),
     p.SealRecordReply(request_id=10, record_id="r", label="note", sealed=b"blob"),
     p.UnsealRecordReply(request_id=11, envelope={"alg": "x25519-hkdf-sha256-aes256gcm"}),
     p.HealthReply(request_id=12, status="ok", sessions=3, uptime_seconds=60, pcr0="ab" * 48),
