@@ -106,12 +106,18 @@ class TradeCommitments:
         elif not isinstance(salt_key, bytes) or len(salt_key) != _SALT_KEY_BYTES:
             raise ValueError("a salt key is 32 bytes")
         self.tree = MerkleTree()
-        self._salt_key = salt_key
+        # A bytearray so that wipe() can overwrite it when the session ends.
+        self._salt_key = bytearray(salt_key)
+
+    def wipe(self) -> None:
+        """Overwrite the salt key (revoke / expiry): no salt can be derived afterwards."""
+        for index in range(len(self._salt_key)):
+            self._salt_key[index] = 0
 
     @property
     def salt_key(self) -> bytes:
         """The key every salt derives from: secret, for the session's sealed state only."""
-        return self._salt_key
+        return bytes(self._salt_key)
 
     @property
     def size(self) -> int:

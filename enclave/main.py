@@ -144,6 +144,7 @@ async def run(config: EnclaveConfig, *, stop: asyncio.Event | None = None) -> No
         await server.close()
         await polling.aclose()  # closes every exchange client before the tunnel goes
         await egress.close()
+        service.close()  # wipe what Python lets us wipe: data key, key seed, salt keys
         log.info("enclave_stopped")
 
 

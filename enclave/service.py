@@ -236,6 +236,14 @@ class EnclaveService:
         """The live session table (for the purge task and tests)."""
         return self._sessions
 
+    def close(self) -> None:
+        """Overwrite the data key, the key seed and every session's salt key (shutdown)."""
+        if self._vault is not None:
+            self._vault.wipe()
+        for index in range(len(self._keys.seed)):
+            self._keys.seed[index] = 0
+        self._sessions.wipe_all()
+
     @property
     def locked(self) -> bool:
         """True while sealing is configured and no Unlock has succeeded yet."""

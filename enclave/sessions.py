@@ -60,6 +60,15 @@ class Session:
     def __post_init__(self) -> None:
         self.opslog = OpsLog(self.session_hash)
 
+    def wipe(self) -> None:
+        """Overwrite what this session holds in wipeable memory (revoke / expiry).
+
+        The salt key is a bytearray and is zeroed. The exchange credentials are Python
+        strings (ccxt needs them so), which cannot be overwritten: they are dropped with
+        the session and the poller, and never copied elsewhere.
+        """
+        self.commitments.wipe()
+
     @property
     def owner_pub(self) -> bytes | None:
         """The owner's Ed25519 key from the envelope, if the client set one."""
@@ -83,6 +92,11 @@ class SessionTable:
     def active_count(self) -> int:
         """Sessions confirmed by the parent and not yet expired or revoked."""
         return sum(1 for s in self._sessions.values() if s.state is SessionState.ACTIVE)
+
+    def wipe_all(self) -> None:
+        """Overwrite every held session's wipeable secrets (shutdown)."""
+        for session in self._sessions.values():
+            session.wipe()
 
     def active(self, *, now: float) -> list[Session]:
         """The ACTIVE, unexpired sessions (a snapshot list: safe to mutate the table after)."""
@@ -141,6 +155,7 @@ class SessionTable:
             return None
         if now >= session.expires_at:
             del self._sessions[session_hash]
+            session.wipe()
             return None
         return session
 
@@ -150,6 +165,7 @@ class SessionTable:
         if session is None or session.state is not SessionState.ACTIVE:
             return False
         del self._sessions[session_hash]
+        session.wipe()
         return True
 
     def purge(self, *, now: float) -> int:
@@ -165,8 +181,10 @@ class SessionTable:
                 self._discard(session)
             else:
                 del self._sessions[session.session_hash]
+            session.wipe()
         return len(doomed)
 
     def _discard(self, session: Session) -> None:
         del self._sessions[session.session_hash]
         self._seen_digests.discard(session.envelope_digest)
+        session.wipe()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import ssl
 from collections.abc import AsyncIterator
 
@@ -82,6 +83,15 @@ async def _database(config: ParentConfig) -> AsyncIterator[Store]:
     try:
         store = await Store.open(conninfo, holder=holder)
         try:
+            leaks = await store.logging_leaks()
+            if leaks:
+                # Statement or parameter logging would put stored values in server logs.
+                log.error("database_logging_unsafe", settings=leaks)
+                if config.mode is Mode.PRODUCTION:
+                    raise SystemExit(
+                        "refusing to start: PostgreSQL logs the app role's statements or "
+                        f"parameters ({', '.join(leaks)})"
+                    )
             yield store
         finally:
             await store.close()
@@ -92,6 +102,9 @@ async def _database(config: ParentConfig) -> AsyncIterator[Store]:
 
 async def serve(config: ParentConfig) -> None:
     """Run the parent until cancelled (SIGINT / SIGTERM in ``python -m parent run``)."""
+    # No core dumps: the parent holds no plaintext secret, but its memory has AWS
+    # credentials and session ids passing through; a crash must not write them to disk.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     configure_logging("parent", level=config.log_level)
     files = tls_files(config)
     ssl_context = server_ssl_context(files)

@@ -155,3 +155,11 @@ def test_a_salt_key_of_the_wrong_shape_is_refused(key: object) -> None:
     """Only 32 bytes restore a commitment (a corrupt sealed state fails closed)."""
     with pytest.raises(ValueError, match="32 bytes"):
         TradeCommitments(salt_key=key)  # type: ignore[arg-type]
+
+
+def test_wipe_zeroes_the_salt_key() -> None:
+    """After wipe (revoke/expiry) the key is zeros: no salt of the session can be derived."""
+    commitments = TradeCommitments()
+    assert commitments.salt_key != bytes(32)
+    commitments.wipe()
+    assert commitments.salt_key == bytes(32)

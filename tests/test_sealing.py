@@ -378,3 +378,17 @@ async def test_a_restored_session_is_polled_only_under_a_lease_and_dropped_on_re
     assert isinstance(released, p.LeaseReply) and released.polling == 0
     gone = await call(replica, p.Summary(request_id=11, session_id=session_id))
     assert isinstance(gone, p.ErrorReply) and gone.code is p.ErrorCode.NOT_FOUND
+
+
+async def test_close_wipes_the_data_key_seed_and_salt_keys(world: World) -> None:
+    """Shutdown overwrites what Python can overwrite: data key, key seed, salt keys."""
+    service, _ = world.service()
+    await call(service, world.unlock())
+    enc, _ = await attested(service, world)
+    session_id, _confirmed = await open_owned_session(service, enc, Ed25519PrivateKey.generate())
+    held = service.sessions.get_active(session_hash(session_id), now=datetime.now(UTC).timestamp())
+    assert held is not None
+    service.close()
+    assert held.commitments.salt_key == bytes(32)
+    assert bytes(service._keys.seed) == bytes(len(service._keys.seed))
+    assert bytes(service._vault._key) == bytes(32)  # type: ignore[union-attr]

@@ -994,3 +994,34 @@ async def test_embedded_server_lifecycle(tmp_path: Path) -> None:
     finally:
         embedded.stop()
     assert not (embedded.data_dir / "postmaster.pid").exists()
+
+
+async def test_logging_leaks_names_unsafe_server_settings(pg_db: PgDatabase) -> None:
+    """Migrated role: nothing logged. A role that logs statements is named (the parent
+    refuses to start with it in production)."""
+    store = await Store.open(pg_db.app_conninfo, min_size=1, max_size=1)
+    try:
+        assert await store.logging_leaks() == []
+    finally:
+        await store.close()
+    # Scoped to this test's own database: the cluster is shared with other tests.
+    database = sql.Identifier(pg_db.name)
+    with psycopg.connect(pg_db.admin_conninfo, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER ROLE app_service IN DATABASE {} SET log_statement = 'all'").format(
+                database
+            )
+        )
+    try:
+        store = await Store.open(pg_db.app_conninfo, min_size=1, max_size=1)
+        try:
+            assert await store.logging_leaks() == ["log_statement = all"]
+        finally:
+            await store.close()
+    finally:
+        with psycopg.connect(pg_db.admin_conninfo, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER ROLE app_service IN DATABASE {} RESET log_statement").format(
+                    database
+                )
+            )

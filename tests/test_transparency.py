@@ -100,6 +100,8 @@ async def test_log_records_submit_polls_reports_and_revoke(
     # A later page starts where asked; the head still covers everything.
     page = await logs(service, session_id, start=3)
     assert ops(page.entries) == ["report"] and page.tree_head["tree_size"] == 4
+    held = service.sessions.get_active(digest, now=clock.now)
+    assert held is not None and held.commitments.salt_key != bytes(32)
     revoked = await call(
         service,
         p.Revoke(
@@ -112,6 +114,7 @@ async def test_log_records_submit_polls_reports_and_revoke(
     )
     assert isinstance(revoked, p.RevokeReply)
     assert ops(revoked.entries) == ["revoke"]
+    assert held.commitments.salt_key == bytes(32)  # wiped with the session
     final = verify_log(
         http_body(full.entries + revoked.entries, revoked.tree_head, revoked.signature),
         signing_public=sig,

@@ -527,6 +527,39 @@ class Store:
             raise StoreUnavailable("database unavailable: could not open the pool") from exc
         return cls(pool, holder=holder)
 
+    async def logging_leaks(self) -> list[str]:
+        """Server settings under which this role's statements or parameters reach the log.
+
+        Migration 0001 turns them off for app_service; a server or role configured
+        otherwise (``log_statement = 'all'``, a duration threshold, parameters on error)
+        would write ciphertext and session hashes next to their SQL. Empty when safe.
+        """
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                """
+                SELECT current_setting('log_statement'),
+                       current_setting('log_min_duration_statement'),
+                       current_setting('log_parameter_max_length'),
+                       current_setting('log_parameter_max_length_on_error'),
+                       current_setting('log_duration')
+                """
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        statement, duration_min, parameters, parameters_on_error, duration = row
+        leaks = []
+        if statement != "none":
+            leaks.append(f"log_statement = {statement}")
+        if duration_min != "-1":
+            leaks.append(f"log_min_duration_statement = {duration_min}")
+        if parameters != "0":
+            leaks.append(f"log_parameter_max_length = {parameters}")
+        if parameters_on_error != "0":
+            leaks.append(f"log_parameter_max_length_on_error = {parameters_on_error}")
+        if duration != "off":
+            leaks.append(f"log_duration = {duration}")
+        return leaks
+
     async def close(self) -> None:
         """Close the pool and every connection in it."""
         await self._pool.close()
