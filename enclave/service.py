@@ -388,7 +388,13 @@ class EnclaveService:
                 # Polling starts only once the parent has stored the ciphertext.
                 self._polling.start(digest, session.exchange, session.credentials)
         else:
-            ok = self._sessions.discard(digest)
+            # A pending session, or one confirmed moments ago whose sealed state the
+            # parent could not store (withdrawn: no owner proof, its client got an error).
+            ok = self._sessions.discard(digest) or self._sessions.withdraw(
+                digest, now=self._clock()
+            )
+            if ok and self._polling is not None:
+                self._polling.stop(digest)
         if not ok:
             raise _Refusal(p.ErrorCode.NOT_FOUND, "unknown or expired pending session")
         sealed_state = None

@@ -56,6 +56,7 @@ class Session:
     # whether anything worth keeping changed since.
     state_version: int = field(default=0, init=False)
     dirty: bool = field(default=False, init=False)
+    withdrawable_until: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
         self.opslog = OpsLog(self.session_hash)
@@ -126,6 +127,24 @@ class SessionTable:
             self._discard(session)
             return False
         session.state = SessionState.ACTIVE
+        # The parent may still withdraw it until then, if it cannot store its first
+        # sealed state (its client got an error and never learnt the id).
+        session.withdrawable_until = now + (session.pending_deadline - session.created_at)
+        return True
+
+    def withdraw(self, session_hash: bytes, *, now: float) -> bool:
+        """Drop a just-confirmed session the parent could not store (no owner proof needed:
+        its client was told nothing was kept). Only before its first report and within
+        the pending time after confirmation; the envelope may be submitted again."""
+        session = self._sessions.get(session_hash)
+        if (
+            session is None
+            or session.state is not SessionState.ACTIVE
+            or session.report_seq != 0
+            or now > session.withdrawable_until
+        ):
+            return False
+        self._discard(session)
         return True
 
     def restore(self, session: Session) -> bool:

@@ -766,3 +766,34 @@ async def test_reporting_currency_follows_the_exchange(
     assert isinstance(report, p.AggregatesReply)
     assert report.payload["reporting_currency"] == currency
     assert report.payload["volume"] == ("25.125" if currency == "USD" else "0")
+
+
+async def test_a_just_confirmed_session_can_be_withdrawn_once_not_later(
+    polled: tuple[EnclaveService, FakePolling], simulator: NsmSimulator, clock: Clock
+) -> None:
+    """Confirm(commit=False) drops a session confirmed moments ago (the parent could not
+    store it): polling stops, the envelope may come again. Not after a report, not later."""
+    service, polling = polled
+    enc, _ = await attested_keys(service, simulator, clock)
+    owner = Ed25519PrivateKey.generate()
+    envelope = canary_envelope(enc, owner)
+    submitted = await call(service, submit_request(envelope))
+    assert isinstance(submitted, p.SubmitReply)
+    sid = submitted.session_id
+    await call(service, p.Confirm(request_id=3, session_id=sid, commit=True))
+    withdrawn = await call(service, p.Confirm(request_id=4, session_id=sid, commit=False))
+    assert isinstance(withdrawn, p.ConfirmReply)
+    assert polling.stopped == [session_hash(sid)]
+    gone = await call(service, p.Summary(request_id=5, session_id=sid))
+    assert isinstance(gone, p.ErrorReply) and gone.code is p.ErrorCode.NOT_FOUND
+    again = await call(service, submit_request(envelope))  # not a replay: nothing was kept
+    assert isinstance(again, p.SubmitReply)
+    await call(service, p.Confirm(request_id=6, session_id=again.session_id, commit=True))
+    await call(service, p.Aggregates(request_id=7, session_id=again.session_id))
+    late = await call(service, p.Confirm(request_id=8, session_id=again.session_id, commit=False))
+    assert isinstance(late, p.ErrorReply) and late.code is p.ErrorCode.NOT_FOUND  # reported
+    third = await call(service, submit_request(canary_envelope(enc, owner)))
+    await call(service, p.Confirm(request_id=9, session_id=third.session_id, commit=True))
+    clock.now += 61  # past the pending time after confirmation
+    late = await call(service, p.Confirm(request_id=10, session_id=third.session_id, commit=False))
+    assert isinstance(late, p.ErrorReply) and late.code is p.ErrorCode.NOT_FOUND

@@ -205,6 +205,11 @@ class FakeEnclave:
                     label=request.metadata["label"],
                 )
             case p.Confirm():
+                if not request.commit and request.session_id in self.live:
+                    # Withdrawal of a just-confirmed session (the enclave allows it
+                    # before the first report; this fake does not track reports).
+                    del self.live[request.session_id]
+                    return p.ConfirmReply(request_id=rid, sealed_state=None)
                 if request.session_id not in self.pending:
                     return self._error(request, p.ErrorCode.NOT_FOUND, "unknown pending session")
                 if request.commit and self.refuse_commit:
@@ -1418,7 +1423,7 @@ async def test_a_state_naming_another_session_is_refused(api: Api) -> None:
     # At submit the session is taken back whole: ended in the enclave, rows deleted.
     status, body, _ = await api.call("POST", "/enclave/submit_key", json_body=credential_envelope())
     assert_error(status, body, 503, "unavailable")
-    withdrawn = api.fake.calls_of(p.Revoke)[-1].session_id
+    withdrawn = next(c for c in reversed(api.fake.calls_of(p.Confirm)) if not c.commit).session_id
     assert withdrawn not in api.fake.live and withdrawn != session_id
     after = api.counts()
     for table in ("sessions", "credentials", "aggregates", "sealed_sessions"):
@@ -1443,7 +1448,7 @@ async def test_submit_fails_whole_when_its_state_cannot_be_stored(
         counts = api.counts()
         assert counts["sessions"] == counts["credentials"] == counts["sealed_sessions"] == 0
         assert api.fake.live == {}
-        assert len(api.fake.calls_of(p.Revoke)) == 1
+        assert [c.commit for c in api.fake.calls_of(p.Confirm)][-1] is False  # withdrawn
     finally:
         await failing.close()
 

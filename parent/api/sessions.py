@@ -113,24 +113,17 @@ async def _withdraw_confirmed(
     """Best effort: end a just-confirmed session whose sealed state could not be kept.
 
     The client gets a 503 and never learns the id, so the session must not go on
-    polling in the enclave nor stay in the database. An owned session cannot be
-    revoked without its owner's proof: it then stays in enclave memory, unreachable and
-    never restored (no state of it is stored), until its TTL.
+    polling in the enclave nor stay in the database. The enclave lets the parent
+    withdraw a session confirmed moments ago (``Confirm(commit=False)``, before its first
+    report; no owner proof, since nobody but this request knows the id), so no
+    checkpoint can store it later and no restore can revive it. Rows the database could
+    not delete (it is down) hold ciphertext only and go with the TTL purge.
     """
     revocations: SealedBlob | None = None
     try:
-        ended = await services.enclave_call(
-            "revoke",
-            p.Revoke(
-                request_id=0,
-                session_id=session_id,
-                proof_timestamp=None,
-                proof_signature=None,
-                log_start=0,
-            ),
-            p.RevokeReply,
+        await services.enclave_call(
+            "confirm", p.Confirm(request_id=0, session_id=session_id, commit=False), p.ConfirmReply
         )
-        revocations = _revocation_list(services, ended.revocations)
     except EnclaveClientError as exc:
         log.warning("withdraw_session_failed", error_type=type(exc).__name__)
     try:

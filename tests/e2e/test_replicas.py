@@ -149,6 +149,11 @@ async def test_two_replicas_serve_all_and_take_over_a_dead_one(
                     break
             else:
                 await asyncio.sleep(0.05)
+        # Hold every further page (429s) so the victim stays mid-poll until the kill,
+        # however busy the machine is; cleared once r1 has taken over.
+        r1.fake_admin(
+            "POST", "/faults/coinbase", {"kind": "rate_limit", "times": 100_000, "retry_after_s": 1}
+        )
         before = await c1.aggregates(victim.session_id)  # forwarded to r2, signed there
         size_before = int(before.payload["merkle_tree_size"])
         log_before = await c1.logs(victim.session_id)
@@ -171,6 +176,7 @@ async def test_two_replicas_serve_all_and_take_over_a_dead_one(
         # One lease period plus one sweep, and a margin for the restore itself.
         assert takeover <= LEASE_SECONDS + SWEEP_SECONDS + 1.5
 
+        r1.fake_admin("POST", "/faults/coinbase", {"kind": "clear"})
         # Every session completes on r1 with the fake's whole history, nothing doubled.
         for registration, exchange, _ in sessions:
             expected = r1.truth(exchange)  # the single-replica result (test_exchanges.py)
