@@ -55,3 +55,27 @@ eif: $(STAMP) ## enclave image + eif/measurements.json (needs docker buildx and 
 
 lock: ## regenerate eif/requirements.lock and deploy/parent/requirements.lock (PyPI, hashes)
 	PYTHON=$(PYTHON) scripts/lock-requirements.sh
+
+.PHONY: fuzz
+
+ATHERIS_PYTHON ?= $(BIN)/python
+ATHERIS_TARGETS := frames cbor attestation cms base64 envelope merkle translog bundle sealed_state
+ATHERIS_SECONDS ?= 15
+
+fuzz: $(STAMP) ## long parser fuzzing (bounded, < 10 min): hypothesis, then atheris if importable
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/fuzz
+	@if ! $(ATHERIS_PYTHON) -c 'import atheris' 2>/dev/null; then \
+		echo "atheris: not importable by $(ATHERIS_PYTHON), coverage-guided harnesses skipped" \
+			"(pip install atheris==3.0.0; wheels for Linux x86_64 only)"; \
+		exit 0; \
+	fi; \
+	mkdir -p $(STATE_DIR); log=$$(mktemp); \
+	for target in $(ATHERIS_TARGETS); do \
+		if ! $(ATHERIS_PYTHON) -m tests.fuzz.atheris.harness $$target -runs=200000 \
+			-max_total_time=$(ATHERIS_SECONDS) -artifact_prefix=$(STATE_DIR)/atheris-$$target- \
+			>$$log 2>&1; then \
+			tail -40 $$log; rm -f $$log; echo "atheris $$target: crash (reproducer in $(STATE_DIR))"; \
+			exit 1; \
+		fi; \
+		echo "atheris $$target: $$(grep -E '^Done' $$log)"; \
+	done; rm -f $$log

@@ -65,6 +65,9 @@ _KEYS: Final = frozenset(
 _OPTIONAL: Final = frozenset({"disclosures", "log", "pcrs_source"})
 # A bundle's attestation is as old as the bundle; freshness is not what it proves.
 _BUNDLE_MAX_AGE_S: Final = 100 * 365 * 86_400
+# A genuine bundle nests about eight levels (bundle, log, entries, entry, data, ...).
+# Deeper input is refused up front, so that no check below recurses without bound.
+_MAX_DEPTH: Final = 64
 
 
 class BundleError(PerfAggError):
@@ -183,11 +186,32 @@ def verify_bundle(
     from the bundle; ``root_der`` None pins the AWS Nitro root G1.
     """
     verdict = Verdict()
+    checks = _Checks(verdict)
     try:
-        _verify(bundle, verdict, _Checks(verdict), expected_pcrs, root_der, at, allow_debug)
+        if not _depth_within(bundle, _MAX_DEPTH):
+            checks.fail("format", "the bundle is nested too deeply")
+        _verify(bundle, verdict, checks, expected_pcrs, root_der, at, allow_debug)
     except _Failed:
         verdict.report = None
     return verdict
+
+
+def _depth_within(value: object, limit: int) -> bool:
+    """True when ``value`` nests at most ``limit`` containers deep (explicit stack)."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, Mapping | list | tuple):
+            if depth >= limit:
+                return False
+            items = node.values() if isinstance(node, Mapping) else node
+            stack.extend((item, depth + 1) for item in items)
+    return True
+
+
+def _shown(value: object) -> str:
+    """An untrusted number for a verdict detail: itself if an integer, else "?"."""
+    return str(value) if type(value) is int else "?"
 
 
 def _verify(
@@ -235,7 +259,11 @@ def _verify(
         unverified, _ = decode_document(document)
     except (TypeError, ValueError, AttestationError):
         checks.fail("attestation", "the attestation document is not decodable")
-    when = at or datetime.fromtimestamp(unverified.timestamp / 1000, UTC)
+    try:
+        # The timestamp is not authenticated yet: up to 2**64 - 1 ms, past datetime's range.
+        when = at or datetime.fromtimestamp(unverified.timestamp / 1000, UTC)
+    except (OverflowError, ValueError, OSError):
+        checks.fail("attestation", "the attestation timestamp is not a date")
     try:
         verifier = AttestationVerifier(
             expected_pcrs=expected_pcrs,
@@ -250,6 +278,9 @@ def _verify(
         checks.fail("attestation", str(exc))
     keys = verified.keys
     assert keys is not None
+    if 0 not in verified.pcrs:
+        # Only possible when the verifier's own expected PCRs leave PCR0 out.
+        checks.fail("attestation", "the document has no PCR0 for the reports to name")
     pcr0 = verified.pcrs[0].hex()
     checks.check(
         "attestation",
@@ -274,17 +305,28 @@ def _verify(
         )
         payloads.append(payload)
     checks.check("signature", True, f"{len(payloads)} report(s) signed by the attested key")
-    sessions = {p.get("session_hash") for p in payloads}
-    checks.check("chain", len(sessions) == 1, "reports of different sessions")
+    # Signed values are well formed, not necessarily sensible: compared, never hashed
+    # (a list is unhashable) and never written into a detail unless integers.
+    session = payloads[0].get("session_hash")
+    checks.check(
+        "chain",
+        isinstance(session, str) and all(p.get("session_hash") == session for p in payloads),
+        "reports of different sessions",
+    )
     for previous, current in itertools.pairwise(payloads):
         if current.get("seq") != _seq(previous) + 1:
-            checks.fail("chain", f"seq {current.get('seq')} does not follow {previous.get('seq')}")
-        expected = report_hash(previous)
-        got = current.get("prev_report_hash")
-        if not isinstance(got, str) or not hmac.compare_digest(got, expected):
             checks.fail(
                 "chain",
-                f"report seq {current.get('seq')} does not link to seq {previous.get('seq')}",
+                f"seq {_shown(current.get('seq'))} does not follow {_shown(previous.get('seq'))}",
+            )
+        expected = report_hash(previous)
+        got = current.get("prev_report_hash")
+        # compare_digest refuses non-ASCII text with TypeError; a hash is ASCII hex.
+        if not isinstance(got, str) or not got.isascii() or not hmac.compare_digest(got, expected):
+            checks.fail(
+                "chain",
+                f"report seq {_shown(current.get('seq'))} does not link to seq "
+                f"{_shown(previous.get('seq'))}",
             )
     first = payloads[0]
     starts = _seq(first) == 1 and first.get("prev_report_hash") is None
@@ -293,7 +335,7 @@ def _verify(
         True,
         "complete from seq 1"
         if starts
-        else f"partial: starts at seq {first.get('seq')} (earlier reports not included)",
+        else f"partial: starts at seq {_shown(first.get('seq'))} (earlier reports not included)",
     )
 
     # -- disclosures against the report with the tree they name
@@ -301,13 +343,16 @@ def _verify(
     disclosures = bundle.get("disclosures", [])
     if not isinstance(disclosures, list):
         checks.fail("disclosures", "disclosures must be a list")
-    by_size = {p.get("merkle_tree_size"): p for p in payloads}
+    by_size = {p["merkle_tree_size"]: p for p in payloads if type(p.get("merkle_tree_size")) is int}
     for number, disclosure in enumerate(disclosures, 1):
         proof = disclosure.get("inclusion_proof") if isinstance(disclosure, Mapping) else None
         size = proof.get("size") if isinstance(proof, Mapping) else None
-        target = by_size.get(size)
+        # Only an integer size can name a report (and a list would not even hash).
+        target = by_size.get(size) if type(size) is int else None
         if target is None:
-            checks.fail("disclosures", f"disclosure {number}: no report with tree size {size}")
+            checks.fail(
+                "disclosures", f"disclosure {number}: no report with tree size {_shown(size)}"
+            )
         try:
             verify_disclosure(disclosure, report_payload=target)
         except DisclosureError as exc:
@@ -326,19 +371,21 @@ def _verify(
                 session_hash=session_hash,
                 require_complete=True,
             )
+            logged = verified_log.reports()
         except (TransparencyLogError, ValueError) as exc:
             reason = exc.reason if isinstance(exc, TransparencyLogError) else str(exc)
             checks.fail("log", reason)
-        logged = verified_log.reports()
         for payload in payloads:
             if logged.get(_seq(payload)) != report_hash(payload):
-                checks.fail("log", f"report seq {payload.get('seq')} is not in the log")
+                checks.fail("log", f"report seq {_shown(payload.get('seq'))} is not in the log")
             # The log holds every report's hash: the first report shown links to the one
             # before it even when that one is not in the bundle.
             if _seq(payload) > 1 and logged.get(_seq(payload) - 1) != payload.get(
                 "prev_report_hash"
             ):
-                checks.fail("chain", f"report seq {payload.get('seq')} does not link to the log")
+                checks.fail(
+                    "chain", f"report seq {_shown(payload.get('seq'))} does not link to the log"
+                )
         checks.check(
             "log",
             True,

@@ -44,4 +44,8 @@ def b64decode(text: str, *, max_len: int | None = None) -> bytes:
     # validate=True still accepts non-zero trailing bits; require the canonical form.
     if base64.b64encode(raw).decode("ascii") != text:
         raise ValueError("invalid base64")
+    # The length pre-check bounds the encoded form (up to 2 bytes over the cap decode
+    # within it, e.g. "AAAA" with max_len=1); this one bounds what is returned.
+    if max_len is not None and len(raw) > max_len:
+        raise ValueError("base64 value too long")
     return raw

@@ -687,7 +687,8 @@ def decode_message(payload: bytes) -> Message:
         raise RemoteProtocolError(f"undecodable message: {exc}") from None
     if not isinstance(body, dict):
         raise RemoteProtocolError("message is not a CBOR map")
-    if body.get("v") != PROTOCOL_VERSION or isinstance(body.get("v"), bool):
+    # type() not isinstance(): neither true nor the float 2.0 is version 2.
+    if type(body.get("v")) is not int or body["v"] != PROTOCOL_VERSION:
         raise RemoteProtocolError("unsupported protocol version")
     type_name = body.get("t")
     cls = _REGISTRY.get(type_name) if isinstance(type_name, str) else None

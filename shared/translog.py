@@ -64,6 +64,7 @@ ENTRY_VERSION: Final = 1
 LOG_ID_PREFIX: Final = "perf-aggregator:ops:"
 OPS: Final = frozenset({"submit", "poll", "report", "disclose", "revoke"})
 MAX_ENTRY_BYTES: Final = 4096  # ops_logs.entry is bounded the same way
+_MAX_DATA_DEPTH: Final = 16  # entry data nests two or three levels; anything deeper is hostile
 _ENTRY_FIELDS: Final = frozenset({"v", "index", "op", "at", "data"})
 _RFC3339: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 _HEAD_FIELDS: Final = frozenset({"payload", "signature"})
@@ -105,13 +106,31 @@ def encode_entry(index: int, op: str, *, at: int, data: Mapping[str, Any]) -> by
     return encoded
 
 
-def _no_floats(value: Any) -> bool:
-    if isinstance(value, float):
+def _plain_data(data: object) -> bool:
+    """True when ``data`` is a JSON object of strings, integers, booleans and nulls.
+
+    Walked with an explicit stack and bounded: entries are at most MAX_ENTRY_BYTES
+    long, and every value costs at least one byte of the canonical form, so more
+    values than that (or nesting deeper than _MAX_DATA_DEPTH) cannot be a real entry.
+    A hostile entry never reaches the recursive RFC 8785 serialiser deep or huge.
+    """
+    if not isinstance(data, Mapping):
         return False
-    if isinstance(value, list):
-        return all(_no_floats(item) for item in value)
-    if isinstance(value, dict):
-        return all(_no_floats(item) for item in value.values())
+    budget = MAX_ENTRY_BYTES
+    stack: list[tuple[object, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        budget -= 1
+        if budget < 0 or depth > _MAX_DATA_DEPTH:
+            return False
+        if isinstance(value, Mapping):
+            if not all(isinstance(key, str) for key in value):
+                return False
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif not (value is None or isinstance(value, str | int)):  # bool is an int
+            return False
     return True
 
 
@@ -124,16 +143,19 @@ def parse_entry(entry: object, *, index: int) -> tuple[dict[str, Any], bytes]:
         raise TransparencyLogError(f"entry {index} has an unsupported version")
     if type(position) is not int or position != index:
         raise TransparencyLogError(f"entry {index} claims another position")
-    if entry["op"] not in OPS:
+    # isinstance first: an unhashable op (a list) must not reach the set lookup.
+    if not isinstance(entry["op"], str) or entry["op"] not in OPS:
         raise TransparencyLogError(f"entry {index} has an unknown operation")
     if not isinstance(entry["at"], str) or not _RFC3339.fullmatch(entry["at"]):
         raise TransparencyLogError(f"entry {index} has a malformed time")
-    if not isinstance(entry["data"], Mapping) or not _no_floats(entry["data"]):
+    if not _plain_data(entry["data"]):
         raise TransparencyLogError(f"entry {index} has malformed data")
     try:
         leaf = canonical_json(entry)
     except (TypeError, ValueError):
         raise TransparencyLogError(f"entry {index} cannot be canonicalised") from None
+    if len(leaf) > MAX_ENTRY_BYTES:
+        raise TransparencyLogError(f"entry {index} is too large")
     return dict(entry), leaf
 
 
@@ -182,12 +204,20 @@ class VerifiedLog:
     entries: tuple[dict[str, Any], ...]
 
     def reports(self) -> dict[int, str]:
-        """``seq -> report_hash`` of the report entries shown."""
-        return {
-            int(e["data"]["seq"]): str(e["data"]["report_hash"])
-            for e in self.entries
-            if e["op"] == "report"
-        }
+        """``seq -> report_hash`` of the report entries shown.
+
+        Raises TransparencyLogError when a report entry lacks an integer ``seq`` or a
+        string ``report_hash`` (a signed log is well formed, not necessarily sensible).
+        """
+        logged: dict[int, str] = {}
+        for entry in self.entries:
+            if entry["op"] != "report":
+                continue
+            seq, digest = entry["data"].get("seq"), entry["data"].get("report_hash")
+            if type(seq) is not int or not isinstance(digest, str):
+                raise TransparencyLogError(f"entry {entry['index']} is a malformed report entry")
+            logged[seq] = digest
+        return logged
 
     def ops(self) -> list[str]:
         """The operations shown, in log order."""

@@ -12,6 +12,7 @@ that count.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -72,6 +73,14 @@ def _reject_constant(_name: str) -> Any:
     raise ValueError("NaN and Infinity are not JSON")
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 parses to inf: the same refusal as the NaN / Infinity literals.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # Duplicate keys are read differently by different parsers; refuse the ambiguity.
     result = dict(pairs)
@@ -96,6 +105,7 @@ async def read_json_object(request: web.Request, *, max_bytes: int) -> dict[str,
             raw.decode("utf-8"),
             object_pairs_hook=_no_duplicate_keys,
             parse_constant=_reject_constant,
+            parse_float=_finite_float,
         )
     except (ValueError, RecursionError):
         raise _bad("request body is not valid JSON") from None

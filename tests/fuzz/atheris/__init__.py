@@ -1,0 +1,1 @@
+"""Optional atheris (libFuzzer) harnesses for the parsers; see harness.py."""
