@@ -333,15 +333,22 @@ class LocalStack:
         self.wait_ready(timeout=timeout)
 
     def start(self) -> None:
-        """Fakes, enclave, KMS simulator, then the parent (it unlocks the enclave)."""
+        """Fakes, enclave, KMS simulator, then the parent (it unlocks the enclave).
+
+        A start that fails stops whatever it had started: no process is left behind.
+        """
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.start_fakes()
-        if self.sealing:
-            self.prepare_kms()
-        self.start_enclave()
-        if self.sealing:
-            self.start_kms()
-        self.start_parent()
+        try:
+            self.start_fakes()
+            if self.sealing:
+                self.prepare_kms()
+            self.start_enclave()
+            if self.sealing:
+                self.start_kms()
+            self.start_parent()
+        except BaseException:
+            self.stop()
+            raise
 
     def wait_ready(self, *, timeout: float = 90.0) -> None:
         """Poll /readyz until it says 200 (parent, database and enclave all up)."""

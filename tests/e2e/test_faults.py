@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import psycopg
 import pytest
 
 from parent.db.embedded import EmbeddedPostgres
-from scripts.localstack import LocalStack, free_port
+from scripts.localstack import LocalStack, StackError, free_port
 from shared.client import SecureClient, ServerRejected
 from shared.ids import session_hash
 
@@ -158,3 +159,18 @@ async def test_enclave_outage_is_503_and_recovers(client: SecureClient, stack: L
     assert report.payload["seq"] == 1
     after = await client.register(exchange="binance", api_key="k2", api_secret="s2")
     assert (await client.aggregates(after.session_id)).payload["seq"] == 1
+
+
+def test_a_stack_that_fails_to_start_leaves_no_process(tmp_path: Path) -> None:
+    """A parent refusing its configuration fails start() and stops fakes, KMS and enclave."""
+    local = LocalStack(
+        tmp_path / "broken",
+        parent_port=free_port(),
+        enclave_tcp_port=free_port(),
+        extra_env={"RATE_LIMIT_MAX": "not-a-number"},
+    )
+    with pytest.raises(StackError, match="parent exited"):
+        local.start()
+    started = [local.fakes, local.enclave, local.kms, local.parent]
+    assert all(proc is not None for proc in started)
+    assert all(proc.poll() is not None for proc in started if proc is not None)
