@@ -692,9 +692,17 @@ class EnclaveService:
         self._require_vault()
         if request.max_sessions < 1:
             raise _Refusal(p.ErrorCode.BAD_REQUEST, "max_sessions must be positive")
-        for session in self._sessions.active(now=self._clock()):
+        now = self._clock()
+        for session in self._sessions.active(now=now):
             self._observe_polling(session)
-        dirty = [s for s in self._sessions.active(now=self._clock()) if s.dirty]
+        # A session the parent may still withdraw (confirmed moments ago, no report) is
+        # not checkpointed: if its first state could not be stored, nothing of it must
+        # reach the database by another path. Its progress is re-read after a restart.
+        dirty = [
+            s
+            for s in self._sessions.active(now=now)
+            if s.dirty and (s.report_seq > 0 or now > s.withdrawable_until)
+        ]
         states: list[bytes] = []
         size = 0
         for session in dirty[: request.max_sessions]:

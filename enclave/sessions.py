@@ -24,7 +24,12 @@ from enclave.commitments import TradeCommitments
 from enclave.opslog import OpsLog
 from shared.envelope import Credentials
 
-__all__ = ["Session", "SessionState", "SessionTable"]
+__all__ = ["WITHDRAW_WINDOW_SECONDS", "Session", "SessionState", "SessionTable"]
+
+WITHDRAW_WINDOW_SECONDS = 20.0
+"""How long after confirmation the parent may withdraw a session whose first sealed state
+it could not store: longer than its store attempt (pool 5 s + statement 10 s), short
+enough that checkpoints, which skip withdrawable sessions, soon cover it."""
 
 
 class SessionState(enum.Enum):
@@ -129,7 +134,7 @@ class SessionTable:
         session.state = SessionState.ACTIVE
         # The parent may still withdraw it until then, if it cannot store its first
         # sealed state (its client got an error and never learnt the id).
-        session.withdrawable_until = now + (session.pending_deadline - session.created_at)
+        session.withdrawable_until = now + WITHDRAW_WINDOW_SECONDS
         return True
 
     def withdraw(self, session_hash: bytes, *, now: float) -> bool:

@@ -794,6 +794,6 @@ async def test_a_just_confirmed_session_can_be_withdrawn_once_not_later(
     assert isinstance(late, p.ErrorReply) and late.code is p.ErrorCode.NOT_FOUND  # reported
     third = await call(service, submit_request(canary_envelope(enc, owner)))
     await call(service, p.Confirm(request_id=9, session_id=third.session_id, commit=True))
-    clock.now += 61  # past the pending time after confirmation
+    clock.now += 21  # past the withdrawal window after confirmation
     late = await call(service, p.Confirm(request_id=10, session_id=third.session_id, commit=False))
     assert isinstance(late, p.ErrorReply) and late.code is p.ErrorCode.NOT_FOUND

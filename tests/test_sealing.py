@@ -311,11 +311,16 @@ async def test_checkpoint_returns_changed_sessions_once(world: World) -> None:
     enc, _ = await attested(service, world)
     session_id, _confirmed = await open_owned_session(service, enc, Ed25519PrivateKey.generate())
     polling.trade_list.append(FakeTrade("BTC/USDT", "1"))
-    first = await call(service, p.Checkpoint(request_id=1, max_sessions=10))
+    # Confirmed moments ago and never reported: still withdrawable, so not checkpointed.
+    early = await call(service, p.Checkpoint(request_id=1, max_sessions=10))
+    assert early.states == ()
+    await call(service, p.Aggregates(request_id=2, session_id=session_id))  # seals v2
+    polling.trade_list.append(FakeTrade("BTC/USDT", "2"))
+    first = await call(service, p.Checkpoint(request_id=3, max_sessions=10))
     assert isinstance(first, p.CheckpointReply) and len(first.states) == 1 and not first.more
     header = SealedHeader.parse(first.states[0])
-    assert header.session_hash == session_hash(session_id) and header.version == 2
-    second = await call(service, p.Checkpoint(request_id=2, max_sessions=10))
+    assert header.session_hash == session_hash(session_id) and header.version == 3
+    second = await call(service, p.Checkpoint(request_id=4, max_sessions=10))
     assert second.states == ()
 
 
