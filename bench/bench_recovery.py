@@ -68,6 +68,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import Result
+from enclave.sessions import WITHDRAW_WINDOW_SECONDS
 from scripts.localstack import LocalStack, free_port
 from shared.client import SecureClient
 
@@ -278,8 +279,11 @@ async def _measure(stack: LocalStack) -> tuple[Recovery, list[Recovery]]:
             registered = time.monotonic() - started
             await _wait_polled(client, sessions, trades)
             polled = time.monotonic() - started - registered
-            # One checkpoint interval more: the stored states are the polled ones.
-            await asyncio.sleep(CHECKPOINT_INTERVAL_S + 0.5)
+            # Checkpoints skip sessions still withdrawable (enclave.sessions): wait until
+            # the newest is past that window, then one checkpoint interval more, so the
+            # stored states are the polled ones.
+            past_window = started + registered + WITHDRAW_WINDOW_SECONDS - time.monotonic()
+            await asyncio.sleep(max(0.0, past_window) + CHECKPOINT_INTERVAL_S + 0.5)
             print(
                 f"  recovery: {size} sessions registered in {registered:.1f} s, "
                 f"polled in {polled:.1f} s more"
