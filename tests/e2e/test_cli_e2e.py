@@ -22,9 +22,10 @@ import psycopg
 import pytest
 
 from parent.db.embedded import EmbeddedPostgres
-from scripts.localstack import LocalStack, free_port
+from scripts.localstack import LocalStack
 from shared.attestation import pcrs_to_json
 from shared.client import AttestationFailed, ServerRejected, SyncSecureClient
+from tests.e2e.conftest import running_stack
 from tests.support.leakscan import LeakScanner
 
 pytestmark = pytest.mark.e2e
@@ -39,17 +40,7 @@ PERF_AGG = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "share
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """One local stack for the module."""
-    local = LocalStack(
-        tmp_path_factory.mktemp("cli-stack"),
-        parent_port=free_port(),
-        enclave_tcp_port=free_port(),
-        extra_env={"RATE_LIMIT_MAX": "100000"},
-    )
-    local.start()
-    try:
-        yield local
-    finally:
-        local.stop()
+    yield from running_stack(tmp_path_factory, "cli-stack")
 
 
 @pytest.fixture(scope="module")

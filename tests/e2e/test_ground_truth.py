@@ -32,11 +32,12 @@ from typing import Any
 
 import pytest
 
-from scripts.localstack import LocalStack, free_port
+from scripts.localstack import LocalStack
 from shared.client import SecureClient, SignedReport
 from shared.encoding import canonical_json
 from shared.errors import SignatureError
 from shared.signing import report_hash, verify_payload
+from tests.e2e.conftest import running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -447,17 +448,7 @@ class Session:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """A stack whose exchange hosts are the local fakes (nothing leaves the machine)."""
-    local = LocalStack(
-        tmp_path_factory.mktemp("ground-truth"),
-        parent_port=free_port(),
-        enclave_tcp_port=free_port(),
-        extra_env={"RATE_LIMIT_MAX": "100000"},
-    )
-    local.start()
-    try:
-        yield local
-    finally:
-        local.stop()
+    yield from running_stack(tmp_path_factory, "ground-truth")
 
 
 def new_client(stack: LocalStack) -> SecureClient:

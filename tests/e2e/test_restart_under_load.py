@@ -21,9 +21,10 @@ import psycopg
 import pytest
 
 from parent.db.embedded import EmbeddedPostgres
-from scripts.localstack import LocalStack, free_port
+from scripts.localstack import LocalStack
 from shared.client import SecureClient, ServerRejected
 from shared.ids import session_hash
+from tests.e2e.conftest import running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -38,17 +39,7 @@ PAUSE_SECONDS = 0.15  # between one worker's requests: a steady load, not a floo
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """A stack with KMS sealing (the default) and a generous rate limit."""
-    local = LocalStack(
-        tmp_path_factory.mktemp("restart-under-load"),
-        parent_port=free_port(),
-        enclave_tcp_port=free_port(),
-        extra_env={"RATE_LIMIT_MAX": "100000"},
-    )
-    local.start()
-    try:
-        yield local
-    finally:
-        local.stop()
+    yield from running_stack(tmp_path_factory, "restart-under-load")
 
 
 def new_client(stack: LocalStack) -> SecureClient:
