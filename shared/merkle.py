@@ -17,8 +17,8 @@ checked with the RFC 9162 section 2.1.3.2 and 2.1.4.2 algorithms.
 
 Trade leaves are salted (:func:`trade_leaf`): a trade has little entropy (symbol, side,
 a price near the market, a round amount, a timestamp), so an unsalted leaf hash could
-be confirmed by guessing. Each trade gets its own 32-byte CSPRNG salt
-(:func:`new_trade_salt`), which the enclave keeps and reveals only when the owner
+be confirmed by guessing. Each trade gets its own 32-byte salt, derived in the enclave
+from a per-session secret key (enclave/commitments.py) and revealed only when the owner
 discloses that one trade; the leaf hash and every sibling hash in a proof then hide
 the other trades.
 
@@ -37,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring
@@ -60,7 +59,6 @@ __all__ = [
     "MerkleTree",
     "TreeHead",
     "leaf_hash",
-    "new_trade_salt",
     "trade_leaf",
     "trade_set_digest",
     "tree_head_payload",
@@ -413,11 +411,6 @@ def verify_consistency(
 # --------------------------------------------------------------------------- salted trade leaves
 
 
-def new_trade_salt() -> bytes:
-    """A fresh 32-byte CSPRNG salt for one trade leaf. Side: enclave."""
-    return secrets.token_bytes(TRADE_SALT_BYTES)
-
-
 def trade_set_digest(keys: Iterable[tuple[str, str]]) -> str:
     """SHA-256 (hex) of RFC 8785 of the sorted ``[symbol, trade id]`` keys.
 
@@ -432,8 +425,8 @@ def trade_leaf(fields: Mapping[str, str], salt: bytes) -> bytes:
     """The leaf committing to one trade: RFC 8785 of ``{"salt", "fields"}``.
 
     ``fields`` are the exchange's raw strings (no number parsing, so the commitment is
-    to exactly what the exchange returned); ``salt`` is the trade's own 32 random bytes
-    (:func:`new_trade_salt`), base64 with padding in the leaf. Without the salt a leaf
+    to exactly what the exchange returned); ``salt`` is the trade's own 32-byte salt
+    (enclave/commitments.py), base64 with padding in the leaf. Without the salt a leaf
     hash could be brute-forced from guessed trade values; with it, the leaf reveals
     nothing until the owner discloses ``fields`` and ``salt`` together with an inclusion
     proof, and a verifier recomputes ``leaf_hash(trade_leaf(fields, salt))``.

@@ -30,7 +30,6 @@ from shared.merkle import (
     MerkleTree,
     TreeHead,
     leaf_hash,
-    new_trade_salt,
     trade_leaf,
     tree_head_payload,
     verify_consistency,
@@ -136,7 +135,6 @@ def test_all_is_exactly_the_public_api() -> None:
         "MerkleTree",
         "TreeHead",
         "leaf_hash",
-        "new_trade_salt",
         "trade_leaf",
         "trade_set_digest",
         "tree_head_payload",
@@ -857,13 +855,6 @@ def test_trade_leaf_orders_names_by_utf16_code_units() -> None:
     """An astral name sorts before U+E000 (UTF-16 surrogates are 0xD800..0xDFFF)."""
     leaf = trade_leaf({"\ue000": "a", "\U0001f600": "b", "z": "c"}, bytes(32))
     assert leaf.startswith('{"fields":{"z":"c","\U0001f600":"b","\ue000":"a"}'.encode())
-
-
-def test_new_trade_salts_are_fresh_32_bytes() -> None:
-    """Each salt is 32 bytes and no two drawn salts collide."""
-    salts = {new_trade_salt() for _ in range(1000)}
-    assert len(salts) == 1000
-    assert {len(salt) for salt in salts} == {32}
 
 
 SECRET_FIELDS = {"price": "CANARY-PRICE-31337", "qty": "CANARY-\ud800"}
